@@ -1,0 +1,327 @@
+-- errors.lua: the gateway's first HTTP filter. It strips client-sent x-llmlab-* headers, records the API family,
+-- the original path and x-request-id, and rewrites every error response (status >= 400) into its family's body:
+-- service errors (google.rpc.Status JSON from convert_grpc_status, with ErrorInfo / Struct / BadRequest details;
+-- protos/README.md "Errors"), ext_authz denials and Envoy's own local replies. Successful responses are never
+-- buffered, so SSE streams through untouched.
+
+local NS = "llmlab.gateway"     -- dynamic metadata namespace (also read by the ratelimit descriptor)
+local ORDER = {}                -- key under which decoded objects keep their member order
+local ARRAY = {}                -- metatable marking decoded arrays
+
+---------------------------------------------------------------- JSON (small: error bodies only)
+local byte, sub, find, fmt, concat = string.byte, string.sub, string.find, string.format, table.concat
+local ESC = {['"'] = '"', ['\\'] = '\\', ['/'] = '/', b = '\b', f = '\f', n = '\n', r = '\r', t = '\t'}
+local NULL = setmetatable({}, {__tostring = function() return "null" end})
+
+local function utf8(cp)
+  if cp < 0x80 then return string.char(cp) end
+  if cp < 0x800 then return string.char(0xC0 + math.floor(cp / 64), 0x80 + cp % 64) end
+  if cp < 0x10000 then
+    return string.char(0xE0 + math.floor(cp / 4096), 0x80 + math.floor(cp / 64) % 64, 0x80 + cp % 64)
+  end
+  return string.char(0xF0 + math.floor(cp / 262144), 0x80 + math.floor(cp / 4096) % 64,
+                     0x80 + math.floor(cp / 64) % 64, 0x80 + cp % 64)
+end
+
+local function ws(s, i) return find(s, "[^ \t\r\n]", i) or #s + 1 end
+
+local function dstring(s, i)               -- s[i] is the opening quote
+  local out, j = {}, i + 1
+  while true do
+    local k = find(s, '["\\]', j)
+    if not k then error("unterminated string") end
+    out[#out + 1] = sub(s, j, k - 1)
+    if byte(s, k) == 34 then return concat(out), k + 1 end
+    local e = sub(s, k + 1, k + 1)
+    if e == "u" then
+      local cp = tonumber(sub(s, k + 2, k + 5), 16) or error("bad \\u escape")
+      j = k + 6
+      if cp >= 0xD800 and cp <= 0xDBFF and sub(s, j, j + 1) == "\\u" then
+        cp = 0x10000 + (cp - 0xD800) * 0x400 + ((tonumber(sub(s, j + 2, j + 5), 16) or 0xDC00) - 0xDC00)
+        j = j + 6
+      end
+      out[#out + 1] = utf8(cp)
+    else
+      out[#out + 1] = ESC[e] or error("bad escape")
+      j = k + 2
+    end
+  end
+end
+
+local dvalue
+local function dobject(s, i)
+  local t, keys = {}, {}
+  t[ORDER] = keys
+  i = ws(s, i + 1)
+  if byte(s, i) == 125 then return t, i + 1 end
+  while true do
+    if byte(s, i) ~= 34 then error("expected key") end
+    local k; k, i = dstring(s, i); i = ws(s, i)
+    if byte(s, i) ~= 58 then error("expected :") end
+    if t[k] == nil then keys[#keys + 1] = k end
+    t[k], i = dvalue(s, i + 1); i = ws(s, i)
+    local c = byte(s, i)
+    if c == 125 then return t, i + 1 elseif c ~= 44 then error("expected , or }") end
+    i = ws(s, i + 1)
+  end
+end
+
+local function darray(s, i)
+  local t = setmetatable({}, ARRAY)
+  i = ws(s, i + 1)
+  if byte(s, i) == 93 then return t, i + 1 end
+  while true do
+    t[#t + 1], i = dvalue(s, i); i = ws(s, i)
+    local c = byte(s, i)
+    if c == 93 then return t, i + 1 elseif c ~= 44 then error("expected , or ]") end
+    i = i + 1
+  end
+end
+
+function dvalue(s, i)
+  i = ws(s, i)
+  local c = byte(s, i)
+  if c == 123 then return dobject(s, i)
+  elseif c == 91 then return darray(s, i)
+  elseif c == 34 then return dstring(s, i)
+  elseif sub(s, i, i + 3) == "true" then return true, i + 4
+  elseif sub(s, i, i + 4) == "false" then return false, i + 5
+  elseif sub(s, i, i + 3) == "null" then return NULL, i + 4
+  end
+  local a, b = find(s, "^-?%d+%.?%d*[eE]?[-+]?%d*", i)
+  if not a then error("bad value") end
+  return tonumber(sub(s, a, b)) or error("bad number"), b + 1
+end
+
+local function decode(s)
+  local v, i = dvalue(s, 1)
+  if ws(s, i) <= #s then error("trailing data") end
+  return v
+end
+
+local QUOTE = {['"'] = '\\"', ['\\'] = '\\\\', ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t'}
+local function q(s)
+  return '"' .. string.gsub(s, '[%c"\\]', function(ch) return QUOTE[ch] or fmt("\\u%04x", byte(ch)) end) .. '"'
+end
+
+local encode
+local function num(v)
+  if v ~= v or v == math.huge or v == -math.huge then return "null" end
+  if v == math.floor(v) and math.abs(v) < 1e15 then return fmt("%d", v) end
+  local s = fmt("%.14g", v)
+  return tonumber(s) == v and s or fmt("%.17g", v)
+end
+function encode(v)
+  local t = type(v)
+  if t == "string" then return q(v)
+  elseif t == "number" then return num(v)
+  elseif t == "boolean" then return v and "true" or "false"
+  elseif v == nil or v == NULL then return "null"
+  end
+  local parts = {}
+  if getmetatable(v) == ARRAY then
+    for i = 1, #v do parts[i] = encode(v[i]) end
+    return "[" .. concat(parts, ",") .. "]"
+  end
+  local keys = v[ORDER]
+  if not keys then
+    keys = {}
+    for k in pairs(v) do keys[#keys + 1] = k end
+    table.sort(keys)
+  end
+  for _, k in ipairs(keys) do parts[#parts + 1] = q(k) .. ":" .. encode(v[k]) end
+  return "{" .. concat(parts, ",") .. "}"
+end
+
+---------------------------------------------------------------- error model
+-- Names for lab/native `code` (research `error` is their lower case) when no ErrorInfo reason is given.
+local CODE = {[400] = "VALIDATION_ERROR", [401] = "UNAUTHORIZED", [403] = "FORBIDDEN", [404] = "NOT_FOUND",
+  [405] = "METHOD_NOT_ALLOWED", [408] = "REQUEST_TIMEOUT", [409] = "CONFLICT", [413] = "PAYLOAD_TOO_LARGE",
+  [415] = "UNSUPPORTED_MEDIA_TYPE", [422] = "UNPROCESSABLE_ENTITY", [429] = "RATE_LIMIT_EXCEEDED",
+  [499] = "CANCELLED", [500] = "INTERNAL_ERROR", [501] = "NOT_IMPLEMENTED", [502] = "BAD_GATEWAY",
+  [503] = "SERVICE_UNAVAILABLE", [504] = "GATEWAY_TIMEOUT"}
+-- Messages for bodies that carry none, and for every 5xx that is not a service's own google.rpc.Status
+-- (Envoy's upstream texts name internals).
+local MESSAGE = {[400] = "Invalid request", [401] = "Authentication required", [403] = "Permission denied",
+  [404] = "Not found", [405] = "Method not allowed", [409] = "Conflict", [413] = "Request body too large",
+  [422] = "Unprocessable request", [429] = "Rate limit exceeded", [500] = "Internal server error",
+  [501] = "Not implemented", [502] = "Bad gateway", [503] = "Service temporarily unavailable",
+  [504] = "Upstream request timed out"}
+local OPENAI_TYPE = {[401] = "authentication_error", [403] = "permission_error", [429] = "rate_limit_error"}
+local RESERVED = {error = true, message = true, details = true, request_id = true}
+
+local function is_type(d, name)
+  local ty = d["@type"]
+  return type(ty) == "string" and sub(ty, -#name - 1) == "/" .. name
+end
+
+-- Turns a google.rpc.Status JSON body, an ext_authz denial or an Envoy plain-text reply into
+-- {message, reason, metadata, details, param, grpc_code}; nil fields were not given.
+local function parse(raw)
+  local e = {}
+  if byte(raw, ws(raw, 1)) == 123 then
+    local ok, st = pcall(decode, raw)
+    if ok and type(st) == "table" and (st.message ~= nil or st.code ~= nil or st.details ~= nil) then
+      if type(st.message) == "string" and st.message ~= "" then e.message = st.message end
+      if type(st.code) == "number" then e.grpc_code = st.code end
+      e.status_json = true
+      local details = st.details
+      if type(details) == "table" then
+        for _, d in ipairs(details) do
+          if type(d) == "table" then
+            if is_type(d, "google.rpc.ErrorInfo") then
+              if type(d.reason) == "string" and d.reason ~= "" then e.reason = d.reason end
+              if type(d.metadata) == "table" then e.metadata = d.metadata end
+            elseif is_type(d, "google.protobuf.Struct") then
+              e.details = d.value
+            elseif is_type(d, "google.rpc.BadRequest") then
+              local fv = d.field_violations or d.fieldViolations
+              if type(fv) == "table" and #fv > 0 then
+                local fields = {}
+                fields[ORDER] = {}
+                for _, v in ipairs(fv) do
+                  if type(v) == "table" and type(v.field) == "string" then
+                    e.param = e.param or v.field
+                    if fields[v.field] == nil then fields[ORDER][#fields[ORDER] + 1] = v.field end
+                    fields[v.field] = type(v.description) == "string" and v.description or ""
+                  end
+                end
+                e.fields = fields
+              end
+            end
+          end
+        end
+      end
+      return e
+    end
+  end
+  local text = string.match(raw, "^%s*(.-)%s*$")
+  if text ~= "" and #text <= 500 then e.message = text end
+  return e
+end
+
+-- ErrorInfo metadata values are strings; integers become JSON numbers.
+local function typed(v)
+  if type(v) == "string" and #v < 16 and find(v, "^-?%d+$") then return tonumber(v) end
+  return v
+end
+
+local function snake(code) return string.lower(code) end
+
+local function respond(h, hd, status, meta)
+  local body = h:body(true)
+  local raw = body:length() > 0 and body:getBytes(0, body:length()) or ""
+  local e = parse(raw)
+  local md = e.metadata or {}
+
+  if e.grpc_code == 12 and status == 404 then status = 501 end      -- Envoy maps UNIMPLEMENTED to 404
+  local override = tonumber(md.http_status)
+  if override and override >= 400 and override <= 599 then status = math.floor(override) end
+  if status >= 500 and not e.status_json then e.message = nil end   -- hide Envoy's upstream texts
+  local message = e.message or MESSAGE[status] or (status >= 500 and "Server error" or "Request failed")
+  local code = e.reason or CODE[status] or (status >= 500 and "INTERNAL_ERROR" or "BAD_REQUEST")
+
+  -- Extra fields from ErrorInfo metadata (http_status is a control entry, never shown).
+  local extras, extra_keys = {}, {}
+  local mkeys = md[ORDER]
+  if mkeys then
+    for _, k in ipairs(mkeys) do
+      if k ~= "http_status" then extra_keys[#extra_keys + 1] = k; extras[k] = typed(md[k]) end
+    end
+  end
+  local retry_after = extras.retry_after
+  if status == 429 then
+    local reset = tonumber(hd:get("x-ratelimit-reset") or "")
+    if retry_after == nil and reset then retry_after = reset end
+    if retry_after ~= nil then hd:replace("retry-after", tostring(retry_after)) end
+  end
+
+  local details = e.details
+  if details == nil and e.fields then
+    details = {fields = e.fields}
+    details[ORDER] = {"fields"}
+  end
+
+  local rid = q(meta.request_id or "")
+  local fam, out = meta.family
+  if fam == "serving" then
+    local param = extras.param or e.param
+    out = '{"error":{"message":' .. q(message)
+      .. ',"type":' .. q(extras.type or OPENAI_TYPE[status] or (status >= 500 and "api_error")
+                         or "invalid_request_error")
+      .. ',"param":' .. (param ~= nil and encode(param) or "null")
+      .. ',"code":' .. (e.reason and q(string.lower(e.reason)) or "null")
+      .. '},"request_id":' .. rid .. '}'
+  elseif fam == "lab" or fam == "native" then
+    if details == nil and #extra_keys > 0 then
+      details = extras
+      details[ORDER] = extra_keys
+    end
+    local d = details ~= nil and encode(details) or "null"
+    if fam == "native" then
+      out = '{"error":{"code":' .. q(code) .. ',"message":' .. q(message) .. ',"details":' .. d
+        .. '},"request_id":' .. rid .. '}'
+    else
+      out = '{"success":false,"error":{"message":' .. q(message) .. ',"statusCode":' .. status
+        .. ',"code":' .. q(code) .. ',"details":' .. d .. '},"meta":{"timestamp":'
+        .. q(os.date("!%Y-%m-%dT%H:%M:%SZ")) .. ',"request_id":' .. rid .. '}}'
+    end
+  else                                                              -- research and ops
+    local parts = {'"error":' .. q(snake(code)), '"message":' .. q(message)}
+    if details ~= nil then parts[#parts + 1] = '"details":' .. encode(details) end
+    for _, k in ipairs(extra_keys) do
+      if not RESERVED[k] then parts[#parts + 1] = q(k) .. ":" .. encode(extras[k]) end
+    end
+    if status == 429 and retry_after ~= nil and extras.retry_after == nil then
+      parts[#parts + 1] = '"retry_after":' .. encode(retry_after)
+      local limit = tonumber(string.match(hd:get("x-ratelimit-limit") or "", "^%s*(%d+)") or "")
+      local remaining = tonumber(hd:get("x-ratelimit-remaining") or "")
+      if limit and extras.limit == nil then parts[#parts + 1] = '"limit":' .. limit end
+      if remaining and extras.remaining == nil then parts[#parts + 1] = '"remaining":' .. remaining end
+      if type(retry_after) == "number" and extras.reset_at == nil then
+        parts[#parts + 1] = '"reset_at":' .. q(os.date("!%Y-%m-%dT%H:%M:%SZ", os.time() + retry_after))
+      end
+    end
+    parts[#parts + 1] = '"request_id":' .. rid
+    out = "{" .. concat(parts, ",") .. "}"
+  end
+
+  body:setBytes(out)
+  hd:replace(":status", tostring(status))
+  hd:replace("content-type", "application/json")
+  hd:replace("content-length", tostring(#out))
+  hd:remove("grpc-status")
+  hd:remove("grpc-message")
+  hd:remove("grpc-status-details-bin")
+  if meta.request_id then hd:replace("x-request-id", meta.request_id) end
+end
+
+---------------------------------------------------------------- filter callbacks
+local function family_of(path)
+  if find(path, "^/api/v1[/?]") or path == "/api/v1" then return "native" end
+  if find(path, "^/api[/?]") or path == "/api" then return "lab" end
+  if find(path, "^/v1[/?]") or path == "/v1" then return "serving" end
+  if find(path, "^/health") or find(path, "^/metrics[/?]") or path == "/metrics" then return "ops" end
+  return "research"
+end
+
+function envoy_on_request(h)
+  local hd = h:headers()
+  local strip
+  for k in pairs(hd) do
+    if find(k, "x-llmlab-", 1, true) == 1 then strip = strip or {}; strip[#strip + 1] = k end
+  end
+  if strip then for i = 1, #strip do hd:remove(strip[i]) end end
+  local path = hd:get(":path") or "/"
+  local md = h:streamInfo():dynamicMetadata()
+  md:set(NS, "family", family_of(path))
+  md:set(NS, "path", path)
+  md:set(NS, "request_id", hd:get("x-request-id") or "")
+end
+
+function envoy_on_response(h)
+  local hd = h:headers()
+  local status = tonumber(hd:get(":status")) or 0
+  if status < 400 then return end           -- successes (SSE included) pass without body access
+  respond(h, hd, status, h:streamInfo():dynamicMetadata():get(NS) or {})
+end

@@ -1,0 +1,500 @@
+"""Render the Envoy gateway config (YAML) for local runs and for Kubernetes from the llmlab descriptor set.
+
+The REST surface is whatever the ``google.api.http`` rules in ``protos/`` say: the transcoder's ``services`` list,
+the per-service routes and the streaming routes (no overall timeout) are all read from the descriptor set, so a
+new annotated RPC needs no gateway edit.
+
+Filter order (shared/DESIGN.md "Gateway"):
+lua errors -> health_check -> cors -> ext_authz -> grpc_json_transcoder -> ratelimit -> router.
+
+Contracts with the services:
+- ext_authz: ``envoy.service.auth.v3.Authorization/Check`` on the ``auth`` cluster sees every request except CORS
+  preflights and ``/healthz`` (public paths are the auth service's decision). Its allow answer may set
+  ``x-llmlab-*`` headers (``x-llmlab-principal``); the Lua filter strips client-sent ones first. A denial body
+  should be a ``google.rpc.Status`` JSON (like ``convert_grpc_status`` writes) so it gets the family's error shape.
+- ratelimit: domain ``llmlab``, one descriptor per request with entries ``family`` (lab, research, serving,
+  native; set by the Lua filter), ``path`` (the gRPC method path ``/llmlab.<svc>.v1.<Service>/<Method>``: bounded,
+  no ids or query strings) and ``principal`` (``x-llmlab-principal``, omitted when absent).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import ipaddress
+import json
+import pathlib
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+from google.api import annotations_pb2
+from google.protobuf import descriptor_pb2
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SERVICES = ("auth", "experiments", "inference", "metrics", "analytics", "files")
+LOCAL_PORTS = {svc: 50051 + i for i, svc in enumerate(SERVICES)}
+MIB = 1024 * 1024
+# Seed routes that carry file bodies: OpenAI files (multipart) and the signed upload URLs served by the files service.
+UPLOAD_PREFIXES = ("/v1/files", "/files/uploads")
+LUA_NAMESPACE = "llmlab.gateway"  # dynamic metadata the Lua filter writes (family, path, request_id)
+PACKAGE_RE = re.compile(r"^llmlab\.([a-z0-9_]+)\.v1$")
+
+
+@dataclasses.dataclass
+class GatewayConfig:
+    """Everything that differs between deployments; ``None`` fields get the mode's default."""
+
+    mode: str = "local"  # "local" or "kubernetes"
+    listen_address: str | None = None  # local 127.0.0.1, kubernetes 0.0.0.0
+    listen_port: int = 8080
+    admin_port: int = 9901  # always bound to 127.0.0.1
+    descriptor_path: str = "gen/llmlab.binpb"  # read at render time (relative to the repo root)
+    lua_path: str = "gateway/errors.lua"  # read at render time (relative to the repo root)
+    # Where Envoy finds llmlab.binpb and errors.lua at run time; None: the absolute paths of the files read.
+    asset_dir: str | None = None
+    namespace: str = "llmlab"  # kubernetes DNS: <svc>.<namespace>.svc.cluster.local
+    upstreams: dict[str, str] = dataclasses.field(default_factory=dict)  # svc -> "host:port"; missing: default
+    cors_allowed_origins: tuple[str, ...] = ("*",)
+    max_request_bytes: int = 1 * MIB
+    max_upload_bytes: int = 512 * MIB
+    max_response_bytes: int = 64 * MIB
+    upload_prefixes: tuple[str, ...] = UPLOAD_PREFIXES
+    unary_timeout_s: float = 120.0  # whole-call limit for unary RPCs; streaming RPCs have none
+    stream_idle_timeout_s: float = 300.0
+    min_healthy_percent: float | None = None  # /healthz threshold per cluster; local 100, kubernetes 1 (any host)
+    xff_num_trusted_hops: int = 0
+    otlp_endpoint: str | None = None  # "host:port" or "http://host:port" of an OTLP/gRPC collector
+    trace_sampling_percent: float = 100.0
+    access_log: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("local", "kubernetes"):
+            raise ValueError(f"mode must be local or kubernetes, not {self.mode!r}")
+        k8s = self.mode == "kubernetes"
+        if self.listen_address is None:
+            self.listen_address = "0.0.0.0" if k8s else "127.0.0.1"
+        if self.min_healthy_percent is None:
+            self.min_healthy_percent = 1.0 if k8s else 100.0
+        unknown = set(self.upstreams) - set(SERVICES)
+        if unknown:
+            raise ValueError(f"unknown upstream service(s): {sorted(unknown)}")
+        for svc in SERVICES:
+            if svc not in self.upstreams:
+                self.upstreams[svc] = (
+                    f"{svc}.{self.namespace}.svc.cluster.local:50051" if k8s else f"127.0.0.1:{LOCAL_PORTS[svc]}"
+                )
+
+
+@dataclasses.dataclass(frozen=True)
+class TranscodedService:
+    """A service the transcoder exposes: its full name, its cluster, and its server-streaming methods."""
+
+    full_name: str
+    cluster: str
+    streaming_methods: tuple[str, ...]
+
+
+def _repo_path(p: str) -> pathlib.Path:
+    path = pathlib.Path(p)
+    return path if path.is_absolute() else ROOT / path
+
+
+def _has_http_rule(method: descriptor_pb2.MethodDescriptorProto) -> bool:
+    # Re-parse the options so the google.api.http extension (registered by annotations_pb2) is recognised.
+    opts = descriptor_pb2.MethodOptions.FromString(method.options.SerializeToString())
+    return opts.HasExtension(annotations_pb2.http)
+
+
+def transcoded_services(descriptor_bytes: bytes) -> list[TranscodedService]:
+    """Services of ``llmlab.<svc>.v1`` packages with at least one google.api.http rule, in descriptor order."""
+    fds = descriptor_pb2.FileDescriptorSet.FromString(descriptor_bytes)
+    found: list[TranscodedService] = []
+    for f in fds.file:
+        m = PACKAGE_RE.match(f.package)
+        for svc in f.service:
+            if not any(_has_http_rule(meth) for meth in svc.method):
+                continue
+            if not m or m.group(1) not in SERVICES:
+                raise ValueError(
+                    f"{f.package}.{svc.name} ({f.name}) has google.api.http rules but its package is not "
+                    f"llmlab.<svc>.v1 for a gateway cluster ({', '.join(SERVICES)})"
+                )
+            streaming = tuple(meth.name for meth in svc.method if meth.server_streaming)
+            found.append(TranscodedService(f"{f.package}.{svc.name}", m.group(1), streaming))
+    if not found:
+        raise ValueError("the descriptor set has no service with google.api.http rules")
+    return found
+
+
+def _socket(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"expected host:port, got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def _cluster(name: str, address: str, *, http2: bool = True, health_check: bool = False, k8s: bool = False) -> dict:
+    host, port = _socket(address)
+    try:
+        ipaddress.ip_address(host)
+        kind = "STATIC"
+    except ValueError:
+        kind = "STRICT_DNS"
+    cluster: dict = {
+        "name": name,
+        "type": kind,
+        "connect_timeout": "2s" if k8s else "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                "address": host, "port_value": port}}}}]}],
+        },
+        # SSE streams hold a request slot for their whole life: the default 1024 would cap concurrent streams.
+        "circuit_breakers": {"thresholds": [{
+            "max_connections": 10000, "max_pending_requests": 10000, "max_requests": 10000}]},
+    }
+    if kind == "STRICT_DNS":
+        cluster["dns_lookup_family"] = "V4_PREFERRED"
+        cluster["dns_refresh_rate"] = "5s"
+        cluster["respect_dns_ttl"] = True
+    if http2:
+        cluster["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {
+                    "connection_keepalive": {"interval": "30s", "timeout": "5s"}}},
+            }
+        }
+    if health_check:
+        cluster["health_checks"] = [{
+            "timeout": "1s",
+            "interval": "5s",
+            "no_traffic_interval": "5s",
+            "unhealthy_threshold": 2,
+            "healthy_threshold": 1,
+            "grpc_health_check": {},
+        }]
+    return cluster
+
+
+def _transcoder(cfg: GatewayConfig, descriptor: str, services: list[TranscodedService], max_body: int,
+                max_response: int) -> dict:
+    return {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_json_transcoder.v3.GrpcJsonTranscoder",
+        "proto_descriptor": descriptor,
+        "services": [s.full_name for s in services],
+        "convert_grpc_status": True,
+        "print_options": {
+            "always_print_primitive_fields": True,
+            "preserve_proto_field_names": True,
+            "stream_sse_style_delimited": True,
+        },
+        # Unknown query parameters are ignored, as most REST servers do (cache busters, SDK extras); rejecting them
+        # turns a harmless extra into an "unknown method" 404. Without either flag Envoy forwards untranscoded: 503.
+        "ignore_unknown_query_parameters": True,
+        "query_param_unescape_plus": True,  # browsers send form-encoded spaces as '+' in ?search=
+        "request_validation_options": {"reject_unknown_method": True},
+        "max_request_body_size": max_body,
+        "max_response_body_size": max_response,
+    }
+
+
+def _rate_limits() -> list[dict]:
+    return [{"actions": [
+        {"metadata": {"descriptor_key": "family", "source": "DYNAMIC", "default_value": "research",
+                      "metadata_key": {"key": LUA_NAMESPACE, "path": [{"key": "family"}]}}},
+        {"request_headers": {"header_name": ":path", "descriptor_key": "path"}},
+        {"request_headers": {"header_name": "x-llmlab-principal", "descriptor_key": "principal",
+                             "skip_if_absent": True}},
+    ]}]
+
+
+def _routes(cfg: GatewayConfig, services: list[TranscodedService], upload_transcoder: dict) -> list[dict]:
+    routes: list[dict] = []
+    unary_timeout = f"{cfg.unary_timeout_s:g}s"
+    idle = f"{cfg.stream_idle_timeout_s:g}s"
+    # After transcoding the path is /<package>.<Service>/<Method>: these routes pick the cluster. Only the
+    # services with http rules are routed, so internal gRPC services are unreachable through the gateway.
+    for s in services:
+        for meth in s.streaming_methods:
+            routes.append({
+                "name": f"{s.full_name}/{meth}",
+                "match": {"path": f"/{s.full_name}/{meth}"},
+                "route": {"cluster": s.cluster, "timeout": "0s", "idle_timeout": idle,
+                          "rate_limits": _rate_limits()},
+            })
+        routes.append({
+            "name": s.full_name,
+            "match": {"prefix": f"/{s.full_name}/"},
+            "route": {"cluster": s.cluster, "timeout": unary_timeout, "rate_limits": _rate_limits()},
+        })
+    # Any other gRPC path (internal services) is refused here; gRPC clients read 404 as UNIMPLEMENTED.
+    routes.append({"name": "grpc-unrouted", "match": {"prefix": "/llmlab."},
+                   "direct_response": {"status": 404}})
+    # Pre-transcoding REST routes. Upload paths get a transcoder with a larger body limit (per-route override).
+    for prefix in cfg.upload_prefixes:
+        routes.append({
+            "name": f"upload:{prefix}",
+            "match": {"path_separated_prefix": prefix.rstrip("/")},
+            "route": {"cluster": "files", "timeout": "0s", "idle_timeout": idle},
+            "typed_per_filter_config": {"envoy.filters.http.grpc_json_transcoder": upload_transcoder},
+        })
+    # CORS and the filters before the transcoder need a cluster route (routeEntry) for every REST path; the
+    # transcoder answers unmapped ones 404 (reject_unknown_method) so nothing reaches `unrouted`.
+    routes.append({"name": "rest", "match": {"prefix": "/"},
+                   "route": {"cluster": "unrouted", "timeout": "0s", "idle_timeout": idle}})
+    return routes
+
+
+def _cors(cfg: GatewayConfig) -> dict:
+    wildcard = "*" in cfg.cors_allowed_origins
+    return {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
+        "allow_origin_string_match": [{"exact": o} for o in cfg.cors_allowed_origins],
+        "allow_methods": "GET, POST, PUT, PATCH, DELETE, OPTIONS",
+        # '*' covers any other request header (OpenAI SDK's x-stainless-*); authorization must be named.
+        "allow_headers": "authorization, content-type, x-api-key, x-request-id, accept, cache-control, "
+                         "last-event-id, traceparent, tracestate, *",
+        "expose_headers": "x-request-id, retry-after, x-ratelimit-limit, x-ratelimit-remaining, x-ratelimit-reset, "
+                          "content-disposition",
+        "max_age": "86400",
+        "allow_credentials": not wildcard,
+    }
+
+
+def _access_log() -> list[dict]:
+    fmt = {
+        "time": "%START_TIME%", "request_id": "%REQ(X-REQUEST-ID)%", "trace_id": "%TRACE_ID%",
+        "method": "%REQ(X-ENVOY-ORIGINAL-METHOD?:METHOD)%", "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+        "rpc": "%REQ(:PATH)%", "status": "%RESPONSE_CODE%", "flags": "%RESPONSE_FLAGS%",
+        "details": "%RESPONSE_CODE_DETAILS%", "grpc_status": "%GRPC_STATUS_NUMBER%",
+        "duration_ms": "%DURATION%", "bytes_in": "%BYTES_RECEIVED%", "bytes_out": "%BYTES_SENT%",
+        "upstream": "%UPSTREAM_CLUSTER%", "client": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+        "principal": "%REQ(X-LLMLAB-PRINCIPAL)%",
+    }
+    return [{"name": "envoy.access_loggers.stdout", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+        "log_format": {"json_format": fmt}}}]
+
+
+def _otlp_address(endpoint: str) -> str:
+    if "//" in endpoint:
+        parts = urlsplit(endpoint)
+        return f"{parts.hostname}:{parts.port or 4317}"
+    return endpoint
+
+
+def build(cfg: GatewayConfig) -> dict:
+    """The Envoy bootstrap as a dict (``render`` dumps it as YAML)."""
+    descriptor_file = _repo_path(cfg.descriptor_path)
+    lua_file = _repo_path(cfg.lua_path)
+    services = transcoded_services(descriptor_file.read_bytes())
+    if not lua_file.is_file():
+        raise FileNotFoundError(lua_file)
+    if cfg.asset_dir:
+        descriptor, lua = f"{cfg.asset_dir.rstrip('/')}/{descriptor_file.name}", f"{cfg.asset_dir.rstrip('/')}/{lua_file.name}"
+    else:
+        descriptor, lua = str(descriptor_file), str(lua_file)
+    k8s = cfg.mode == "kubernetes"
+
+    transcoder = _transcoder(cfg, descriptor, services, cfg.max_request_bytes, cfg.max_response_bytes)
+    upload_transcoder = _transcoder(cfg, descriptor, services, cfg.max_upload_bytes,
+                                    max(cfg.max_upload_bytes, cfg.max_response_bytes))
+    http_filters = [
+        {"name": "envoy.filters.http.lua", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+            "default_source_code": {"filename": lua}}},
+        {"name": "envoy.filters.http.health_check", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.health_check.v3.HealthCheck",
+            "pass_through_mode": False,
+            "headers": [{"name": ":path", "string_match": {"exact": "/healthz"}}],
+            "cluster_min_healthy_percentages": {svc: {"value": cfg.min_healthy_percent} for svc in SERVICES}}},
+        {"name": "envoy.filters.http.cors", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}},
+        {"name": "envoy.filters.http.ext_authz", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+            "transport_api_version": "V3",
+            "failure_mode_allow": False,
+            "status_on_error": {"code": "ServiceUnavailable"},  # auth down is a 503, not the default 403
+            "grpc_service": {"envoy_grpc": {"cluster_name": "auth"}, "timeout": "1s"}}},
+        {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": transcoder},
+        {"name": "envoy.filters.http.ratelimit", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+            "domain": "llmlab",
+            "timeout": "0.25s",
+            "failure_mode_deny": False,
+            "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
+            "rate_limit_service": {"transport_api_version": "V3",
+                                   "grpc_service": {"envoy_grpc": {"cluster_name": "auth"}}}}},
+        {"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
+    ]
+    hcm: dict = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "gateway",
+        "codec_type": "AUTO",
+        "use_remote_address": True,
+        "xff_num_trusted_hops": cfg.xff_num_trusted_hops,
+        "normalize_path": True,
+        "merge_slashes": True,
+        "always_set_request_id_in_response": True,
+        # A caller's own x-request-id is kept (and echoed) so clients can correlate; Envoy makes one otherwise.
+        "preserve_external_request_id": True,
+        "stream_idle_timeout": f"{cfg.stream_idle_timeout_s:g}s",
+        "request_headers_timeout": "10s",
+        "route_config": {
+            "name": "llmlab",
+            "virtual_hosts": [{
+                "name": "llmlab",
+                "domains": ["*"],
+                "typed_per_filter_config": {"envoy.filters.http.cors": _cors(cfg)},
+                "routes": _routes(cfg, services, upload_transcoder),
+            }],
+        },
+        "http_filters": http_filters,
+    }
+    if cfg.access_log:
+        hcm["access_log"] = _access_log()
+    clusters = [_cluster(svc, cfg.upstreams[svc], health_check=True, k8s=k8s) for svc in SERVICES]
+    clusters.append({"name": "unrouted", "type": "STATIC", "connect_timeout": "1s",
+                     "load_assignment": {"cluster_name": "unrouted", "endpoints": []}})
+    if cfg.otlp_endpoint:
+        hcm["tracing"] = {
+            "random_sampling": {"value": cfg.trace_sampling_percent},
+            "provider": {"name": "envoy.tracers.opentelemetry", "typed_config": {
+                "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                "service_name": "llmlab-gateway",
+                "grpc_service": {"envoy_grpc": {"cluster_name": "otlp"}, "timeout": "1s"}}},
+        }
+        clusters.append(_cluster("otlp", _otlp_address(cfg.otlp_endpoint), k8s=k8s))
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": cfg.admin_port}}},
+        "static_resources": {
+            "listeners": [{
+                "name": "gateway",
+                "address": {"socket_address": {"address": cfg.listen_address, "port_value": cfg.listen_port}},
+                "filter_chains": [{"filters": [{
+                    "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
+            }],
+            "clusters": clusters,
+        },
+    }
+
+
+_PLAIN = re.compile(r"^[A-Za-z_./][A-Za-z0-9_./-]*$")
+_YAML_WORDS = {"true", "false", "yes", "no", "on", "off", "null", "y", "n", "~"}
+
+
+def _scalar(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return json.dumps(v)
+    s = str(v)
+    if _PLAIN.match(s) and s.lower() not in _YAML_WORDS:
+        return s
+    return json.dumps(s)  # a JSON string is a valid YAML double-quoted scalar
+
+
+def _yaml(v: object, indent: int = 0) -> list[str]:
+    pad = " " * indent
+    lines: list[str] = []
+    if isinstance(v, dict):
+        for k, item in v.items():
+            key = _scalar(k)
+            if isinstance(item, dict | list) and item:
+                lines.append(f"{pad}{key}:")
+                lines.extend(_yaml(item, indent + 2))
+            else:
+                lines.append(f"{pad}{key}: {_scalar(item) if not isinstance(item, dict | list) else json.dumps(item)}")
+    else:
+        for item in v:  # type: ignore[union-attr]
+            if isinstance(item, dict | list) and item:
+                sub = _yaml(item, indent + 2)
+                lines.append(f"{pad}- {sub[0].lstrip()}")
+                lines.extend(sub[1:])
+            else:
+                lines.append(f"{pad}- {_scalar(item) if not isinstance(item, dict | list) else json.dumps(item)}")
+    return lines
+
+
+def render(cfg: GatewayConfig) -> str:
+    """The Envoy config as YAML text."""
+    header = [f"# Generated by gateway/render.py --mode {cfg.mode}; do not edit.",
+              "# Filters: lua errors -> health_check -> cors -> ext_authz -> grpc_json_transcoder -> ratelimit -> router"]
+    return "\n".join(header + _yaml(build(cfg))) + "\n"
+
+
+def validate(text: str, envoy: str | None = None) -> subprocess.CompletedProcess:
+    """Run ``envoy --mode validate`` on rendered config text."""
+    envoy = envoy or str(ROOT / ".venv-envoy" / "bin" / "envoy")
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(text)
+        path = f.name
+    try:
+        return subprocess.run([envoy, "--mode", "validate", "-c", path, "--log-level", "warn"],
+                              capture_output=True, text=True, check=False)
+    finally:
+        pathlib.Path(path).unlink(missing_ok=True)
+
+
+def _parse_upstreams(items: list[str]) -> Mapping[str, str]:
+    out = {}
+    for item in items:
+        svc, sep, addr = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--upstream expects svc=host:port, got {item!r}")
+        out[svc] = addr
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--mode", choices=("local", "kubernetes"), default="local")
+    p.add_argument("--out", help="write here instead of stdout")
+    p.add_argument("--listen-address")
+    p.add_argument("--listen-port", type=int, default=8080)
+    p.add_argument("--admin-port", type=int, default=9901)
+    p.add_argument("--descriptor", default="gen/llmlab.binpb", help="descriptor set to read (repo-relative)")
+    p.add_argument("--lua", default="gateway/errors.lua")
+    p.add_argument("--asset-dir", help="directory holding llmlab.binpb and errors.lua where Envoy runs")
+    p.add_argument("--namespace", default="llmlab")
+    p.add_argument("--upstream", action="append", default=[], metavar="SVC=HOST:PORT")
+    p.add_argument("--cors-origin", action="append", help="allowed CORS origin (repeatable); default '*'")
+    p.add_argument("--max-request-bytes", type=int, default=1 * MIB)
+    p.add_argument("--max-upload-bytes", type=int, default=512 * MIB)
+    p.add_argument("--otlp-endpoint")
+    p.add_argument("--xff-num-trusted-hops", type=int, default=0)
+    p.add_argument("--no-access-log", action="store_true")
+    p.add_argument("--validate", action="store_true", help="also run envoy --mode validate on the result")
+    a = p.parse_args(argv)
+    cfg = GatewayConfig(
+        mode=a.mode, listen_address=a.listen_address, listen_port=a.listen_port, admin_port=a.admin_port,
+        descriptor_path=a.descriptor, lua_path=a.lua, asset_dir=a.asset_dir, namespace=a.namespace,
+        upstreams=dict(_parse_upstreams(a.upstream)),
+        cors_allowed_origins=tuple(a.cors_origin) if a.cors_origin else ("*",),
+        max_request_bytes=a.max_request_bytes, max_upload_bytes=a.max_upload_bytes, otlp_endpoint=a.otlp_endpoint,
+        xff_num_trusted_hops=a.xff_num_trusted_hops, access_log=not a.no_access_log,
+    )
+    text = render(cfg)
+    if a.out:
+        pathlib.Path(a.out).write_text(text)
+    else:
+        sys.stdout.write(text)
+    if a.validate:
+        if cfg.asset_dir:
+            print("--validate needs the assets at their paths: render without --asset-dir to validate",
+                  file=sys.stderr)
+            return 2
+        res = validate(text)
+        sys.stderr.write(res.stdout + res.stderr)
+        return res.returncode
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Helpers for the lab family's envelope and the documented JSON value conventions."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from typing import Any
+
+from google.protobuf import struct_pb2
+from llmlab.common.v1 import common_pb2
+
+from .context import current_request_id
+
+
+def iso(ts: dt.datetime) -> str:
+    """RFC 3339 UTC with second precision and a Z, as the seeds write timestamps."""
+    return ts.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def meta(pagination: common_pb2.PaginationMeta | None = None) -> common_pb2.ResponseMeta:
+    """`meta` with timestamp and request_id, plus pagination on lists."""
+    m = common_pb2.ResponseMeta(timestamp=iso(utcnow()), request_id=current_request_id())
+    if pagination is not None:
+        m.pagination.CopyFrom(pagination)
+    return m
+
+
+def pagination(page: int, limit: int, total: int) -> common_pb2.PaginationMeta:
+    pages = math.ceil(total / limit) if limit else 0
+    return common_pb2.PaginationMeta(
+        page=page, limit=limit, total=total, total_pages=pages, has_next=page < pages, has_previous=page > 1
+    )
+
+
+def value(v: Any) -> struct_pb2.Value:
+    """A google.protobuf.Value; None becomes JSON null (documented nulls must print as null)."""
+    out = struct_pb2.Value()
+    if v is None:
+        out.null_value = struct_pb2.NULL_VALUE
+    elif isinstance(v, bool):
+        out.bool_value = v
+    elif isinstance(v, int | float):
+        out.number_value = v
+    elif isinstance(v, str):
+        out.string_value = v
+    elif isinstance(v, dict):
+        out.struct_value.update(v)
+    elif isinstance(v, list | tuple):
+        out.list_value.extend(v)
+    else:
+        raise TypeError(f"cannot convert {type(v).__name__} to google.protobuf.Value")
+    return out
+
+
+def seconds_text(ms: float) -> str:
+    """A duration like the seeds write it: "3.2s", "45m", "1h5m"."""
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes}m"
+    return f"{minutes // 60}h{minutes % 60}m" if minutes % 60 else f"{minutes // 60}h"

@@ -1,0 +1,180 @@
+"""Redis Streams: domain events and job queues with consumer groups, reclaim of stale messages, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as redis
+import structlog
+from redis.exceptions import ResponseError
+
+from .context import current_request_id
+from .redis_client import key
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class StreamMessage:
+    """One event or job as a consumer sees it."""
+
+    id: str
+    type: str
+    data: dict[str, Any]
+    request_id: str
+    published_at: float
+    deliveries: int = 1
+
+
+def stream_key(prefix: str, stream: str) -> str:
+    return key(prefix, "stream", stream)
+
+
+class EventPublisher:
+    """Appends typed JSON events to streams (XADD with an approximate length cap)."""
+
+    def __init__(self, client: redis.Redis, prefix: str, *, maxlen: int = 100_000) -> None:
+        self._redis = client
+        self._prefix = prefix
+        self._maxlen = maxlen
+
+    async def publish(self, stream: str, event_type: str, data: dict[str, Any]) -> str:
+        fields = {
+            "type": event_type,
+            "data": json.dumps(data, separators=(",", ":"), default=str),
+            "request_id": current_request_id(),
+            "ts": f"{time.time():.6f}",
+        }
+        msg_id = await self._redis.xadd(
+            stream_key(self._prefix, stream), fields, maxlen=self._maxlen, approximate=True
+        )
+        return msg_id.decode() if isinstance(msg_id, bytes) else msg_id
+
+
+Handler = Callable[[StreamMessage], Awaitable[None]]
+
+
+def _decode(msg_id: Any, fields: dict[Any, Any], deliveries: int = 1) -> StreamMessage:
+    f = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+         for k, v in fields.items()}
+    return StreamMessage(
+        id=msg_id.decode() if isinstance(msg_id, bytes) else msg_id,
+        type=f.get("type", ""),
+        data=json.loads(f.get("data") or "{}"),
+        request_id=f.get("request_id", ""),
+        published_at=float(f.get("ts") or 0),
+        deliveries=deliveries,
+    )
+
+
+class StreamConsumer:
+    """A member of a consumer group. At-least-once: a message is acked only after its handler returns.
+
+    A message whose handler failed, or whose consumer died, stays pending; after `claim_idle_ms` any member
+    reclaims it (XAUTOCLAIM). After `max_deliveries` failed attempts it moves to `<stream>:dead` and is acked,
+    so one poisonous message cannot block a queue. Handlers must therefore be idempotent.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str,
+        stream: str,
+        group: str,
+        consumer: str,
+        handler: Handler,
+        *,
+        batch: int = 16,
+        block_ms: int = 1000,
+        claim_idle_ms: int = 30_000,
+        max_deliveries: int = 5,
+    ) -> None:
+        self._redis = client
+        self.stream = stream_key(prefix, stream)
+        self.dead_letter = self.stream + ":dead"
+        self.group = group
+        self.consumer = consumer
+        self._handler = handler
+        self._batch = batch
+        self._block_ms = block_ms
+        self._claim_idle_ms = claim_idle_ms
+        self._max_deliveries = max_deliveries
+
+    async def ensure_group(self) -> None:
+        try:
+            await self._redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def _deliveries(self, msg_id: Any) -> int:
+        pending = await self._redis.xpending_range(self.stream, self.group, msg_id, msg_id, 1)
+        return int(pending[0]["times_delivered"]) if pending else 1
+
+    async def _handle(self, msg: StreamMessage, raw_fields: dict[Any, Any]) -> bool:
+        try:
+            await self._handler(msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("stream handler failed", stream=self.stream, message_id=msg.id,
+                          deliveries=msg.deliveries)
+            if msg.deliveries >= self._max_deliveries:
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    pipe.xadd(self.dead_letter, {**raw_fields, "failed_group": self.group})
+                    pipe.xack(self.stream, self.group, msg.id)
+                    await pipe.execute()
+                log.error("message moved to dead letter stream", stream=self.stream, message_id=msg.id)
+            return False
+        await self._redis.xack(self.stream, self.group, msg.id)
+        return True
+
+    async def reclaim(self) -> int:
+        """Take over messages left pending longer than claim_idle_ms by any member; handle them."""
+        handled = 0
+        start = "0-0"
+        while True:
+            result = await self._redis.xautoclaim(
+                self.stream, self.group, self.consumer, self._claim_idle_ms, start_id=start, count=self._batch
+            )
+            start, messages = result[0], result[1]
+            for msg_id, fields in messages:
+                if fields is None:
+                    continue
+                msg = _decode(msg_id, fields, await self._deliveries(msg_id))
+                handled += await self._handle(msg, fields)
+            if start in (b"0-0", "0-0") or not messages:
+                return handled
+
+    async def read_new(self, block_ms: int | None = None) -> int:
+        """Read and handle up to `batch` new messages, blocking up to block_ms for the first."""
+        result = await self._redis.xreadgroup(
+            self.group, self.consumer, {self.stream: ">"}, count=self._batch,
+            block=self._block_ms if block_ms is None else block_ms,
+        )
+        handled = 0
+        for _stream, messages in result or []:
+            for msg_id, fields in messages:
+                handled += await self._handle(_decode(msg_id, fields), fields)
+        return handled
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop` is set; reclaims stale messages every claim_idle_ms."""
+        await self.ensure_group()
+        next_reclaim = 0.0
+        while not stop.is_set():
+            try:
+                if time.monotonic() >= next_reclaim:
+                    await self.reclaim()
+                    next_reclaim = time.monotonic() + self._claim_idle_ms / 1000
+                await self.read_new()
+            except asyncio.CancelledError:
+                raise
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("redis unavailable, retrying", stream=self.stream, error=str(exc))
+                await asyncio.sleep(1)

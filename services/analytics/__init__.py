@@ -1,0 +1,1 @@
+"""The analytics service: dashboards, optimisation advice, usage and billing, and the platform's ops endpoints."""

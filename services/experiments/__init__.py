@@ -1,0 +1,1 @@
+"""The experiments service: lab and research experiments, responses, sweeps and prompt templates."""

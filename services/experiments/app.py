@@ -1,0 +1,25 @@
+"""Wiring of the experiments service: its spec, settings and servicers."""
+
+from __future__ import annotations
+
+import pathlib
+
+from llmlab.runtime import ServiceApp, ServiceSpec
+
+from .repository import ExperimentRepository
+from .servicer import ExperimentServicer
+
+
+async def setup(app: ServiceApp) -> None:
+    assert app.db is not None
+    app.serve_package(
+        "llmlab.experiments.v1",
+        {"ExperimentService": ExperimentServicer(ExperimentRepository(app.db))},
+    )
+
+
+SPEC = ServiceSpec(
+    name="experiments",
+    setup=setup,
+    migrations=pathlib.Path(__file__).parent / "migrations",
+)

@@ -1,0 +1,334 @@
+"""Experiment rules: validation, defaults, filters and the merge semantics of updates (no I/O here)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from llmlab.runtime import InvalidArgument, validation_error
+
+TYPES = ("single", "batch")
+STATUSES = ("draft", "running", "completed", "failed")
+SORT_FIELDS = ("created_at", "updated_at", "quality", "name")
+SORT_ORDERS = ("asc", "desc")
+VIEW_MODES = ("list", "timeline", "grid")
+BULK_ACTIONS = ("favorite", "unfavorite", "archive", "unarchive", "delete", "tag")
+
+MAX_PAGE_SIZE = 100
+MAX_BULK_IDS = 1000
+MAX_TAGS = 50
+MAX_TAG_LENGTH = 64
+MAX_PROMPT_CHARS = 200_000
+MAX_NAME_CHARS = 255
+
+# (lowest, highest) of each sampling parameter; the constraint text is what clients see.
+PARAMETER_BOUNDS: dict[str, tuple[float, float]] = {
+    "temperature": (0.0, 2.0),
+    "top_p": (0.0, 1.0),
+    "max_tokens": (1, 32768),
+    "frequency_penalty": (-2.0, 2.0),
+    "presence_penalty": (-2.0, 2.0),
+}
+DEFAULT_PARAMETERS: dict[str, Any] = {
+    "temperature": 0.7,
+    "top_p": 1.0,
+    "max_tokens": 256,
+    "frequency_penalty": 0.0,
+    "presence_penalty": 0.0,
+}
+RANGE_PARAMETERS = ("temperature", "top_p", "frequency_penalty", "presence_penalty")
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _check_number(name: str, value: Any) -> None:
+    low, high = PARAMETER_BOUNDS[name]
+    if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+        raise validation_error(name, value, "must be a finite number")
+    if not low <= value <= high:
+        raise validation_error(name, value, f"must be between {_fmt(low)} and {_fmt(high)}")
+
+
+def validate_parameters(params: dict[str, Any]) -> dict[str, Any]:
+    """Validate the given sampling parameters; return them unchanged (only known keys are accepted)."""
+    for name, value in params.items():
+        if name not in PARAMETER_BOUNDS:
+            raise validation_error(name, value, f"unknown parameter; expected one of {', '.join(PARAMETER_BOUNDS)}")
+        _check_number(name, value)
+    return params
+
+
+def validate_ranges(ranges: dict[str, Any]) -> dict[str, Any]:
+    """Each range bound within the parameter's bounds, min <= max, step > 0."""
+    for key, value in ranges.items():
+        base, _, kind = key.rpartition("_")
+        if base not in RANGE_PARAMETERS or kind not in ("min", "max", "step"):
+            raise validation_error(key, value, "unknown parameter range")
+        if kind == "step":
+            if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+                raise validation_error(key, value, "must be greater than 0")
+        else:
+            low, high = PARAMETER_BOUNDS[base]
+            if not isinstance(value, int | float) or not math.isfinite(value) or not low <= value <= high:
+                raise validation_error(key, value, f"must be between {_fmt(low)} and {_fmt(high)}")
+    for base in RANGE_PARAMETERS:
+        lo, hi = ranges.get(f"{base}_min"), ranges.get(f"{base}_max")
+        if lo is not None and hi is not None and lo > hi:
+            raise validation_error(f"{base}_min", lo, f"must be less than or equal to {base}_max ({_fmt(hi)})")
+    return ranges
+
+
+def validate_name(name: str) -> str:
+    stripped = name.strip()
+    if not 1 <= len(stripped) <= MAX_NAME_CHARS:
+        raise validation_error("name", name, f"must be between 1 and {MAX_NAME_CHARS} characters")
+    return stripped
+
+
+def validate_choice(field_name: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise validation_error(field_name, value, f"must be one of {', '.join(choices)}")
+    return value
+
+
+def validate_required_text(field_name: str, value: str, max_chars: int) -> str:
+    if not value.strip():
+        raise validation_error(field_name, value, "is required")
+    if len(value) > max_chars:
+        raise validation_error(field_name, len(value), f"must be at most {max_chars} characters")
+    return value
+
+
+def validate_tags(tags: list[str]) -> list[str]:
+    seen: dict[str, None] = {}
+    for tag in tags:
+        t = tag.strip()
+        if not 1 <= len(t) <= MAX_TAG_LENGTH:
+            raise validation_error("tags", tag, f"each tag must be between 1 and {MAX_TAG_LENGTH} characters")
+        seen[t] = None
+    if len(seen) > MAX_TAGS:
+        raise validation_error("tags", len(seen), f"at most {MAX_TAGS} tags")
+    return list(seen)
+
+
+def validate_response_count(value: int) -> int:
+    if not 1 <= value <= 100:
+        raise validation_error("response_count", value, "must be between 1 and 100")
+    return value
+
+
+@dataclass
+class NewExperiment:
+    """A validated create request."""
+
+    name: str
+    description: str
+    type: str
+    model: str
+    prompt: str
+    parameters: dict[str, Any]
+    parameter_ranges: dict[str, Any] | None
+    response_count: int
+    tags: list[str]
+
+
+def new_experiment(
+    *,
+    name: str,
+    description: str,
+    type: str,
+    model: str,
+    prompt: str,
+    parameters: dict[str, Any],
+    parameter_ranges: dict[str, Any] | None,
+    response_count: int | None,
+    tags: list[str],
+) -> NewExperiment:
+    return NewExperiment(
+        name=validate_name(name),
+        description=description,
+        type=validate_choice("type", type or "single", TYPES),
+        model=validate_required_text("model", model, 200).strip(),
+        prompt=validate_required_text("prompt", prompt, MAX_PROMPT_CHARS),
+        parameters={**DEFAULT_PARAMETERS, **validate_parameters(parameters)},
+        parameter_ranges=validate_ranges(parameter_ranges) if parameter_ranges else None,
+        response_count=validate_response_count(1 if response_count is None else response_count),
+        tags=validate_tags(tags),
+    )
+
+
+@dataclass
+class ExperimentPatch:
+    """The fields an update changes; None means "leave as is"."""
+
+    name: str | None = None
+    description: str | None = None
+    type: str | None = None
+    model: str | None = None
+    prompt: str | None = None
+    status: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    parameter_ranges: dict[str, Any] = field(default_factory=dict)
+    response_count: int | None = None
+    tags: list[str] | None = None
+    favorited: bool | None = None
+    archived: bool | None = None
+
+    def validate(self) -> ExperimentPatch:
+        if self.name is not None:
+            self.name = validate_name(self.name)
+        if self.type is not None:
+            validate_choice("type", self.type, TYPES)
+        if self.status is not None:
+            validate_choice("status", self.status, STATUSES)
+        if self.model is not None:
+            self.model = validate_required_text("model", self.model, 200).strip()
+        if self.prompt is not None:
+            validate_required_text("prompt", self.prompt, MAX_PROMPT_CHARS)
+        validate_parameters(self.parameters)
+        if self.response_count is not None:
+            validate_response_count(self.response_count)
+        if self.tags is not None:
+            self.tags = validate_tags(self.tags)
+        return self
+
+    def merged_ranges(self, current: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Ranges after the update, validated as a whole (a new min must not pass the stored max)."""
+        if not self.parameter_ranges:
+            return current
+        return validate_ranges({**(current or {}), **self.parameter_ranges})
+
+
+def parse_date(field_name: str, value: str, *, end_of_day: bool) -> dt.datetime | None:
+    """ISO 8601 date or date-time; a bare date as an upper bound means the end of that day (exclusive)."""
+    if not value:
+        return None
+    text = value.strip()
+    try:
+        if len(text) == 10:
+            day = dt.date.fromisoformat(text)
+            start = dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
+            return start + dt.timedelta(days=1) if end_of_day else start
+        parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise validation_error(field_name, value, "must be an ISO 8601 date or date-time") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=dt.UTC)
+    return parsed
+
+
+@dataclass
+class ListQuery:
+    """Validated list/history filters."""
+
+    page: int = 1
+    limit: int = 20
+    search: str = ""
+    type: str = ""
+    status: str = ""
+    model: str = ""
+    date_from: dt.datetime | None = None
+    date_to: dt.datetime | None = None
+    date_to_exclusive: bool = False
+    favorited: bool | None = None
+    include_archived: bool = False
+    sort_by: str = "created_at"
+    sort_order: str = "desc"
+
+    @property
+    def offset(self) -> int:
+        return (self.page - 1) * self.limit
+
+
+def list_query(
+    *,
+    page: int | None,
+    limit: int | None,
+    search: str = "",
+    type: str = "",
+    status: str = "",
+    model: str = "",
+    date_from: str = "",
+    date_to: str = "",
+    favorited: bool | None = None,
+    archived: bool | None = None,
+    sort_by: str = "",
+    sort_order: str = "",
+) -> ListQuery:
+    page = 1 if page is None else page
+    limit = 20 if limit is None else limit
+    if page < 1:
+        raise validation_error("page", page, "must be at least 1")
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise validation_error("limit", limit, f"must be between 1 and {MAX_PAGE_SIZE}")
+    if type:
+        validate_choice("type", type, TYPES)
+    if status:
+        validate_choice("status", status, STATUSES)
+    q = ListQuery(
+        page=page,
+        limit=limit,
+        search=search.strip(),
+        type=type,
+        status=status,
+        model=model.strip(),
+        date_from=parse_date("date_from", date_from, end_of_day=False),
+        date_to=parse_date("date_to", date_to, end_of_day=True),
+        date_to_exclusive=len(date_to.strip()) == 10,
+        favorited=favorited,
+        include_archived=bool(archived),
+        sort_by=validate_choice("sort_by", sort_by or "created_at", SORT_FIELDS),
+        sort_order=validate_choice("sort_order", (sort_order or "desc").lower(), SORT_ORDERS),
+    )
+    if q.date_from and q.date_to and q.date_from > q.date_to:
+        raise validation_error("date_from", date_from, "must not be after date_to")
+    return q
+
+
+@dataclass
+class BulkAction:
+    """A validated bulk request: what each experiment gets."""
+
+    action: str
+    ids: list[int]
+    favorited: bool | None = None
+    archived: bool | None = None
+    add_tags: list[str] = field(default_factory=list)
+    remove_tags: list[str] = field(default_factory=list)
+
+
+def bulk_action(
+    action: str,
+    ids: list[int],
+    *,
+    favorited: bool | None,
+    archived: bool | None,
+    tags: list[str],
+    remove_tags: list[str],
+) -> BulkAction:
+    validate_choice("action", action, BULK_ACTIONS)
+    unique = list(dict.fromkeys(ids))
+    if not 1 <= len(unique) <= MAX_BULK_IDS:
+        raise validation_error("experiment_ids", len(unique), f"must hold between 1 and {MAX_BULK_IDS} ids")
+    bad = [i for i in unique if i < 1]
+    if bad:
+        raise validation_error("experiment_ids", bad[0], "ids must be positive integers")
+    result = BulkAction(action=action, ids=unique)
+    if action in ("favorite", "unfavorite"):
+        result.favorited = (action == "favorite") if favorited is None else favorited
+    elif action in ("archive", "unarchive"):
+        result.archived = (action == "archive") if archived is None else archived
+    elif action == "tag":
+        result.add_tags = validate_tags(tags)
+        result.remove_tags = validate_tags(remove_tags)
+        if not result.add_tags and not result.remove_tags:
+            raise InvalidArgument(
+                "Validation failed",
+                details={"field": "params.tags", "value": [], "constraint": "tag needs params.tags or params.remove_tags"},
+                field_violations=[("params.tags", "tag needs params.tags or params.remove_tags")],
+            )
+    return result

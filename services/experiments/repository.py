@@ -1,0 +1,306 @@
+"""All SQL of the experiments service (schema from the pool's search_path)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from .domain import BulkAction, ExperimentPatch, ListQuery, NewExperiment
+
+# Aggregates derived from responses; never stored twice.
+_AGG = """
+    LEFT JOIN LATERAL (
+        SELECT avg(r.overall_quality)       AS quality_score,
+               coalesce(sum(r.cost), 0)      AS total_cost,
+               sum(r.response_time_ms)       AS duration_ms,
+               count(*)                      AS generated
+        FROM responses r WHERE r.experiment_id = e.id
+    ) agg ON true
+"""
+_COLUMNS = """
+    e.id, e.uuid, e.name, e.description, e.type, e.status, e.model, e.prompt, e.parameters,
+    e.parameter_ranges, e.response_count, e.tags, e.favorited, e.archived, e.created_at, e.updated_at,
+    agg.quality_score, agg.total_cost, agg.duration_ms
+"""
+_SORT_SQL = {
+    "created_at": "e.created_at",
+    "updated_at": "e.updated_at",
+    "name": "lower(e.name)",
+    "quality": "agg.quality_score",
+}
+
+
+@dataclass
+class ExperimentRow:
+    """An experiment with the aggregates of its responses."""
+
+    id: int
+    uuid: str
+    name: str
+    description: str
+    type: str
+    status: str
+    model: str
+    prompt: str
+    parameters: dict[str, Any]
+    parameter_ranges: dict[str, Any] | None
+    response_count: int
+    tags: list[str]
+    favorited: bool
+    archived: bool
+    created_at: Any
+    updated_at: Any
+    quality_score: float | None
+    total_cost: float
+    duration_ms: int | None
+
+    @classmethod
+    def from_record(cls, r: asyncpg.Record) -> ExperimentRow:
+        return cls(
+            id=r["id"],
+            uuid=str(r["uuid"]),
+            name=r["name"],
+            description=r["description"],
+            type=r["type"],
+            status=r["status"],
+            model=r["model"],
+            prompt=r["prompt"],
+            parameters=json.loads(r["parameters"]),
+            parameter_ranges=json.loads(r["parameter_ranges"]) if r["parameter_ranges"] else None,
+            response_count=r["response_count"],
+            tags=list(r["tags"]),
+            favorited=r["favorited"],
+            archived=r["archived"],
+            created_at=r["created_at"],
+            updated_at=r["updated_at"],
+            quality_score=r["quality_score"],
+            total_cost=float(r["total_cost"] or 0),
+            duration_ms=r["duration_ms"],
+        )
+
+
+@dataclass
+class ResponseRow:
+    """A generated response as GET /api/experiments/:id shows it."""
+
+    id: int
+    content: str
+    quality_metrics: dict[str, Any] | None
+    response_time_ms: int
+    token_count: int
+    cost: float
+
+
+@dataclass
+class TimelineRow:
+    """One UTC day of the history timeline."""
+
+    date: str
+    ids: list[int]
+    average_quality: float | None
+    count: int
+
+
+def _where(q: ListQuery) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    args: list[Any] = []
+
+    def arg(v: Any) -> str:
+        args.append(v)
+        return f"${len(args)}"
+
+    if q.search:
+        pattern = "%" + q.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        p = arg(pattern)
+        clauses.append(f"(e.name ILIKE {p} OR e.description ILIKE {p})")
+    if q.type:
+        clauses.append(f"e.type = {arg(q.type)}")
+    if q.status:
+        clauses.append(f"e.status = {arg(q.status)}")
+    if q.model:
+        clauses.append(f"e.model = {arg(q.model)}")
+    if q.date_from:
+        clauses.append(f"e.created_at >= {arg(q.date_from)}")
+    if q.date_to:
+        op = "<" if q.date_to_exclusive else "<="
+        clauses.append(f"e.created_at {op} {arg(q.date_to)}")
+    if q.favorited is not None:
+        clauses.append(f"e.favorited = {arg(q.favorited)}")
+    if not q.include_archived:
+        clauses.append("NOT e.archived")
+    return ("WHERE " + " AND ".join(clauses)) if clauses else "", args
+
+
+class ExperimentRepository:
+    """Experiments and their responses in Postgres."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def create(self, e: NewExperiment) -> ExperimentRow:
+        async with self._pool.acquire() as conn:
+            new_id = await conn.fetchval(
+                """INSERT INTO experiments
+                       (name, description, type, model, prompt, parameters, parameter_ranges, response_count, tags)
+                   VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb, $8, $9)
+                   RETURNING id""",
+                e.name,
+                e.description,
+                e.type,
+                e.model,
+                e.prompt,
+                json.dumps(e.parameters),
+                json.dumps(e.parameter_ranges) if e.parameter_ranges else None,
+                e.response_count,
+                e.tags,
+            )
+            return await self._get(conn, new_id)  # type: ignore[return-value]
+
+    async def _get(self, conn: asyncpg.Connection, experiment_id: int) -> ExperimentRow | None:
+        row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM experiments e {_AGG} WHERE e.id = $1", experiment_id)
+        return ExperimentRow.from_record(row) if row else None
+
+    async def get(self, experiment_id: int) -> ExperimentRow | None:
+        async with self._pool.acquire() as conn:
+            return await self._get(conn, experiment_id)
+
+    async def responses(self, experiment_id: int) -> list[ResponseRow]:
+        rows = await self._pool.fetch(
+            """SELECT id, content, quality_metrics, response_time_ms, token_count, cost
+               FROM responses WHERE experiment_id = $1 ORDER BY id""",
+            experiment_id,
+        )
+        return [
+            ResponseRow(
+                id=r["id"],
+                content=r["content"],
+                quality_metrics=json.loads(r["quality_metrics"]) if r["quality_metrics"] else None,
+                response_time_ms=r["response_time_ms"],
+                token_count=r["token_count"],
+                cost=r["cost"],
+            )
+            for r in rows
+        ]
+
+    async def list(self, q: ListQuery) -> tuple[list[ExperimentRow], int]:
+        where, args = _where(q)
+        direction = "ASC" if q.sort_order == "asc" else "DESC"
+        nulls = "NULLS LAST"
+        order = f"{_SORT_SQL[q.sort_by]} {direction} {nulls}, e.id {direction}"
+        n = len(args)
+        async with self._pool.acquire() as conn:
+            total = await conn.fetchval(f"SELECT count(*) FROM experiments e {where}", *args)
+            rows = await conn.fetch(
+                f"SELECT {_COLUMNS} FROM experiments e {_AGG} {where} ORDER BY {order} "
+                f"LIMIT ${n + 1} OFFSET ${n + 2}",
+                *args,
+                q.limit,
+                q.offset,
+            )
+        return [ExperimentRow.from_record(r) for r in rows], total
+
+    async def timeline(self, q: ListQuery, max_days: int = 366) -> list[TimelineRow]:
+        """Per-day groups of every experiment matching the filters, newest day first."""
+        where, args = _where(q)
+        rows = await self._pool.fetch(
+            f"""SELECT to_char(date_trunc('day', e.created_at AT TIME ZONE 'UTC'), 'YYYY-MM-DD') AS day,
+                       array_agg(e.id ORDER BY e.created_at, e.id) AS ids,
+                       avg(agg.quality_score) AS average_quality,
+                       count(*) AS n
+                FROM experiments e {_AGG} {where}
+                GROUP BY 1 ORDER BY 1 DESC LIMIT {int(max_days)}""",
+            *args,
+        )
+        return [TimelineRow(r["day"], list(r["ids"]), r["average_quality"], r["n"]) for r in rows]
+
+    async def update(self, experiment_id: int, patch: ExperimentPatch) -> ExperimentRow | None:
+        """Apply a partial update atomically (row lock, merge, validate the merged ranges, write)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            current = await conn.fetchrow(
+                "SELECT parameters, parameter_ranges FROM experiments WHERE id = $1 FOR UPDATE", experiment_id
+            )
+            if current is None:
+                return None
+            params = {**json.loads(current["parameters"]), **patch.parameters}
+            stored = json.loads(current["parameter_ranges"]) if current["parameter_ranges"] else None
+            ranges = patch.merged_ranges(stored)
+            await conn.execute(
+                """UPDATE experiments SET
+                       name = coalesce($2, name),
+                       description = coalesce($3, description),
+                       type = coalesce($4, type),
+                       model = coalesce($5, model),
+                       prompt = coalesce($6, prompt),
+                       status = coalesce($7, status),
+                       parameters = $8::jsonb,
+                       parameter_ranges = $9::jsonb,
+                       response_count = coalesce($10, response_count),
+                       tags = coalesce($11, tags),
+                       favorited = coalesce($12, favorited),
+                       archived = coalesce($13, archived),
+                       updated_at = now()
+                   WHERE id = $1""",
+                experiment_id,
+                patch.name,
+                patch.description,
+                patch.type,
+                patch.model,
+                patch.prompt,
+                patch.status,
+                json.dumps(params),
+                json.dumps(ranges) if ranges else None,
+                patch.response_count,
+                patch.tags,
+                patch.favorited,
+                patch.archived,
+            )
+            return await self._get(conn, experiment_id)
+
+    async def delete(self, experiment_id: int) -> bool:
+        result = await self._pool.execute("DELETE FROM experiments WHERE id = $1", experiment_id)
+        return result == "DELETE 1"
+
+    async def bulk(self, action: BulkAction) -> tuple[list[int], list[int]]:
+        """Apply one action to many experiments in one transaction; return (affected ids, missing ids)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            existing = [
+                r["id"]
+                for r in await conn.fetch(
+                    "SELECT id FROM experiments WHERE id = ANY($1::int[]) ORDER BY id FOR UPDATE", action.ids
+                )
+            ]
+            missing = sorted(set(action.ids) - set(existing))
+            if not existing:
+                return [], missing
+            if action.action == "delete":
+                await conn.execute("DELETE FROM experiments WHERE id = ANY($1::int[])", existing)
+            elif action.favorited is not None:
+                await conn.execute(
+                    "UPDATE experiments SET favorited = $2, updated_at = now() WHERE id = ANY($1::int[])",
+                    existing,
+                    action.favorited,
+                )
+            elif action.archived is not None:
+                await conn.execute(
+                    "UPDATE experiments SET archived = $2, updated_at = now() WHERE id = ANY($1::int[])",
+                    existing,
+                    action.archived,
+                )
+            else:
+                await conn.execute(
+                    """UPDATE experiments SET
+                           tags = (SELECT coalesce(array_agg(t ORDER BY first_seen), '{}')
+                                   FROM (SELECT t, min(o) AS first_seen
+                                         FROM unnest(tags || $2::text[]) WITH ORDINALITY AS u(t, o)
+                                         WHERE NOT (t = ANY($3::text[]))
+                                         GROUP BY t) kept),
+                           updated_at = now()
+                       WHERE id = ANY($1::int[])""",
+                    existing,
+                    action.add_tags,
+                    action.remove_tags,
+                )
+            return existing, missing

@@ -1,0 +1,1 @@
+"""The files service: OpenAI files, datasets and versions, signed URLs, exports and reports."""

@@ -1,0 +1,1 @@
+"""The inference service: model registry, generation engine and backends, OpenAI-compatible and native APIs."""

@@ -1,0 +1,1 @@
+"""The metrics service: quality scoring, reference metrics, evaluations and statistical comparisons."""
