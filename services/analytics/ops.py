@@ -98,7 +98,7 @@ class OpsServicer(pb_grpc.OpsServiceServicer):
             status=self._overall(deps, services),
             model_loaded=await self._model_loaded(services),
             memory_usage=f"{_gb(rss)}/{_gb(psutil.virtual_memory().total)}",
-            # The probe itself is an in-flight request of this service; it is not a client's.
+            # This very request is in flight in this service; it is not counted.
             active_connections=max(0, sum(p.info.active_requests for p in services.values() if p.info) - 1),
         )
 

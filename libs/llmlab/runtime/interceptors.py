@@ -23,8 +23,9 @@ from .metrics import ServiceMetrics
 
 log = structlog.get_logger(__name__)
 
-# Health and reflection RPCs stay out of traces, logs and request metrics (probes would drown them).
-_UNOBSERVED = ("/grpc.health.v1.", "/grpc.reflection.")
+# Health, reflection and service-info probes stay out of traces, logs and request metrics (they would drown
+# the real traffic, and a probe must not count itself as an active request).
+_UNOBSERVED = ("/grpc.health.v1.", "/grpc.reflection.", "/llmlab.common.v1.ServiceInfoService/")
 
 
 def _internal_trailers() -> tuple[tuple[str, bytes], ...]:

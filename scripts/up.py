@@ -1,0 +1,76 @@
+"""`make up`: start the whole llmlab platform on this machine and keep it running until Ctrl-C / SIGTERM.
+
+Uses the Postgres and Redis at LLMLAB_DATABASE_URL / LLMLAB_REDIS_URL when they answer, else starts embedded
+ones under .data/. Ports: LLMLAB_GATEWAY_PORT (8080), LLMLAB_GATEWAY_ADMIN_PORT (9901), LLMLAB_<SVC>_PORT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "gen"), str(ROOT / "libs"), str(ROOT)]
+
+from llmlab.devstack import DevstackError, ensure_postgres, ensure_redis  # noqa: E402
+from llmlab.devstack.platform import PlatformConfig, platform_supervisor  # noqa: E402
+from llmlab.runtime.settings import DEFAULT_PORTS, SERVICES  # noqa: E402
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name, "")
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        raise SystemExit(f"{name}={raw!r} is not a port number") from None
+
+
+def _split_database(url: str | None) -> tuple[str | None, str]:
+    """(server url, database name): the database of LLMLAB_DATABASE_URL, default `llmlab`."""
+    if not url:
+        return None, "llmlab"
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/") or "llmlab"
+    return urlunsplit(parts._replace(path="/postgres")), name
+
+
+async def main() -> int:
+    data_dir = ROOT / ".data"
+    server_url, database = _split_database(os.environ.get("LLMLAB_DATABASE_URL"))
+    postgres = await ensure_postgres(server_url, data_dir, database=database)
+    redis = await ensure_redis(os.environ.get("LLMLAB_REDIS_URL"), data_dir)
+    cfg = PlatformConfig(
+        database_url=postgres.dsn,
+        redis_url=redis.url,
+        gateway_port=_int_env("LLMLAB_GATEWAY_PORT", 8080),
+        admin_port=_int_env("LLMLAB_GATEWAY_ADMIN_PORT", 9901),
+        service_ports={s: _int_env(f"LLMLAB_{s.upper()}_PORT", DEFAULT_PORTS[s]) for s in SERVICES},
+    )
+    supervisor = platform_supervisor(cfg)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(supervisor.stop()))
+    try:
+        await supervisor.start()
+        print(
+            f"\nllmlab is up.\n  gateway:  {cfg.gateway_url}\n  try:      curl {cfg.gateway_url}/api/health\n"
+            f"  admin:    http://127.0.0.1:{cfg.admin_port} (Envoy)\n  Ctrl-C stops everything.\n",
+            flush=True,
+        )
+        await supervisor.wait()
+        return 0
+    except DevstackError as exc:
+        print(f"llmlab: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await supervisor.stop()
+        await redis.stop()
+        await postgres.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
