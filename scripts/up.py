@@ -38,6 +38,11 @@ def _split_database(url: str | None) -> tuple[str | None, str]:
     return urlunsplit(parts._replace(path="/postgres")), name
 
 
+async def _stop_on(event: asyncio.Event, supervisor) -> None:  # type: ignore[no-untyped-def]
+    await event.wait()
+    await supervisor.stop()
+
+
 async def main() -> int:
     data_dir = ROOT / ".data"
     server_url, database = _split_database(os.environ.get("LLMLAB_DATABASE_URL"))
@@ -51,11 +56,15 @@ async def main() -> int:
         service_ports={s: _int_env(f"LLMLAB_{s.upper()}_PORT", DEFAULT_PORTS[s]) for s in SERVICES},
     )
     supervisor = platform_supervisor(cfg)
+    stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(supervisor.stop()))
+        loop.add_signal_handler(sig, stop_requested.set)
+    stopper = asyncio.create_task(_stop_on(stop_requested, supervisor))
     try:
         await supervisor.start()
+        if stop_requested.is_set():
+            return 0
         print(
             f"\nllmlab is up.\n  gateway:  {cfg.gateway_url}\n  try:      curl {cfg.gateway_url}/api/health\n"
             f"  admin:    http://127.0.0.1:{cfg.admin_port} (Envoy)\n  Ctrl-C stops everything.\n",
@@ -67,6 +76,7 @@ async def main() -> int:
         print(f"llmlab: {exc}", file=sys.stderr)
         return 1
     finally:
+        stopper.cancel()
         await supervisor.stop()
         await redis.stop()
         await postgres.stop()

@@ -14,10 +14,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-async def port_open(port: int, host: str = "127.0.0.1", timeout: float = 1.0) -> bool:
-    """True when a TCP connection to host:port succeeds within `timeout` seconds."""
+async def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """True when a TCP connection to host:port succeeds within a second."""
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        async with asyncio.timeout(1.0):
+            _, writer = await asyncio.open_connection(host, port)
     except (OSError, TimeoutError):
         return False
     writer.close()

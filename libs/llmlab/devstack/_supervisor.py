@@ -125,6 +125,7 @@ class _Child:
     colour: int
     proc: asyncio.subprocess.Process | None = None
     pump: asyncio.Task[None] | None = None
+    started: bool = False
     started_at: float = 0.0
     restarts: int = 0
 
@@ -132,8 +133,8 @@ class _Child:
 class Supervisor:
     """Runs processes in order, restarts those that die, and stops them all in reverse order.
 
-    `async with Supervisor([...]) as sup:` starts every process (each once the previous one is ready) and stops
-    them on exit; `await Supervisor([...]).run()` does the same until SIGINT/SIGTERM or a failure.
+    `async with Supervisor([...]) as sup:` starts every process (each once the previous one is ready) and
+    stops them on exit; `await Supervisor([...]).run()` does the same until SIGINT/SIGTERM or a failure.
     A process that dies is restarted after `backoff`, doubling up to `max_backoff`; one that still dies after
     `max_restarts` restarts (counted afresh once it has stayed up `stable_after` seconds) fails the stack.
     """
@@ -177,12 +178,13 @@ class Supervisor:
             raise ValueError(f"a process named {spec.name!r} is already registered")
         self._children.append(_Child(spec, _COLOURS[len(self._children) % len(_COLOURS)]))
 
-    def pid(self, name: str) -> int | None:
-        """The pid of the named process while it runs, else None."""
-        for child in self._children:
-            if child.spec.name == name and child.proc is not None and child.proc.returncode is None:
-                return child.proc.pid
-        return None
+    def pids(self) -> dict[str, int]:
+        """The pid of each process that is running now, by name."""
+        return {
+            child.spec.name: child.proc.pid
+            for child in self._children
+            if child.proc is not None and child.proc.returncode is None
+        }
 
     async def start(self) -> None:
         """Start every process not yet started, in order, each once the previous one is ready.
@@ -190,26 +192,29 @@ class Supervisor:
         Raises SupervisorError, after stopping the whole stack, if one exits or is not ready in time.
         Returns early, starting nothing more, if the stack is stopped meanwhile.
         """
-        async with self._start_lock:
-            for child in self._children:
-                if self._stopping:
-                    return
-                if child.proc is not None:
-                    continue
-                try:
-                    port = child.spec.ready
-                    if isinstance(port, int) and await port_open(port):
-                        raise SupervisorError(
-                            f"cannot start {child.spec.name}: port {port} is already in use by another process"
-                        )
-                    await self._launch(child)
-                    await self._until_ready(child)
-                except SupervisorError as exc:
-                    self._fail(str(exc))
-                    raise
-                watcher = asyncio.create_task(self._watch(child), name=f"devstack-watch-{child.spec.name}")
-                self._watchers.add(watcher)
-                watcher.add_done_callback(self._watchers.discard)
+        try:
+            async with self._start_lock:
+                await self._start_pending()
+        except SupervisorError as exc:
+            self._fail(str(exc))
+            await self.stop()
+            raise
+
+    async def _start_pending(self) -> None:
+        for child in self._children:
+            if self._stopping:
+                return
+            if child.started:
+                continue
+            child.started = True
+            port = child.spec.ready
+            if isinstance(port, int) and await port_open(port):
+                raise SupervisorError(f"cannot start {child.spec.name}: port {port} is already in use")
+            await self._launch(child)
+            await self._until_ready(child)
+            watcher = asyncio.create_task(self._watch(child), name=f"devstack-watch-{child.spec.name}")
+            self._watchers.add(watcher)
+            watcher.add_done_callback(self._watchers.discard)
 
     async def wait(self) -> None:
         """Return once the stack has stopped; raise SupervisorError if it stopped because a process failed."""
@@ -264,12 +269,12 @@ class Supervisor:
             self._stop_task = asyncio.create_task(self._shutdown(), name="devstack-shutdown")
 
     async def _shutdown(self) -> None:
+        async with self._start_lock:  # a start in progress sees _stopping and returns within a poll
+            pass
         watchers = list(self._watchers)
         for watcher in watchers:
             watcher.cancel()
         await asyncio.gather(*watchers, return_exceptions=True)
-        async with self._start_lock:  # a start in progress sees _stopping and returns within a poll
-            pass
         for child in reversed(self._children):
             await self._terminate(child)
         self._stopped.set()
@@ -278,7 +283,6 @@ class Supervisor:
         spec = child.spec
         # Python children would otherwise hold their output in a pipe buffer until it fills.
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(spec.env or {})}
-        child.proc = child.pump = None
         try:
             child.proc = await spawn(spec.argv, env=env, cwd=spec.cwd, user=spec.user)
         except OSError as exc:
@@ -300,9 +304,8 @@ class Supervisor:
         problem = "no check has passed"
         while not self._stopping:
             if proc.returncode is not None:
-                raise SupervisorError(
-                    f"{spec.name} exited ({describe_exit(proc.returncode)}) before it was ready; see its output above"
-                )
+                how = describe_exit(proc.returncode)
+                raise SupervisorError(f"{spec.name} exited ({how}) before it was ready; its output is above")
             try:
                 result = check()
                 if inspect.isawaitable(result):
@@ -322,21 +325,18 @@ class Supervisor:
         name = child.spec.name
         while True:
             assert child.proc is not None
-            code = await child.proc.wait()
+            how = describe_exit(await child.proc.wait())
+            if self._stopping:
+                return
             await self._reap(child)
             if time.monotonic() - child.started_at >= self.stable_after:
                 child.restarts = 0
             if child.restarts >= self.max_restarts:
-                self._fail(
-                    f"{name} exited ({describe_exit(code)}) and was already restarted {child.restarts} times; "
-                    "stopping the stack"
-                )
+                self._fail(f"{name} exited ({how}) after {child.restarts} restarts; stopping the stack")
                 return
             child.restarts += 1
             delay = min(self.backoff * 2 ** (child.restarts - 1), self.max_backoff)
-            self._say(
-                f"{name} exited ({describe_exit(code)}); restart {child.restarts}/{self.max_restarts} in {delay:g}s"
-            )
+            self._say(f"{name} exited ({how}); restart {child.restarts}/{self.max_restarts} in {delay:g}s")
             await asyncio.sleep(delay)
             try:
                 await self._launch(child)
@@ -352,7 +352,7 @@ class Supervisor:
         if proc is None:
             return
         if proc.returncode is None:
-            self._say(f"stopping {spec.name} ({spec.stop_signal.name})")
+            self._say(f"stopping {spec.name} ({signal.Signals(spec.stop_signal).name})")
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(spec.stop_signal)
             try:
@@ -362,7 +362,7 @@ class Supervisor:
         await self._reap(child)
 
     async def _reap(self, child: _Child) -> None:
-        """Kill what is left of the child's process group, collect the child, and flush its output."""
+        """Kill what is left of the child's process group, collect the child, flush its output, forget it."""
         proc = child.proc
         assert proc is not None
         # The group outlives its leader while any member lives, so this also catches orphaned grandchildren.
@@ -374,6 +374,7 @@ class Supervisor:
                 await asyncio.wait_for(child.pump, 1.0)
             except TimeoutError:
                 pass  # something outside the group holds the pipe open; its output no longer matters
+        child.proc = child.pump = None  # so its pid, free for reuse now, is never signalled again
 
     async def _pump(self, child: _Child, stream: asyncio.StreamReader) -> None:
         pending = b""

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 from llmlab.runtime.settings import DEFAULT_PORTS, SERVICES
 
@@ -134,5 +135,6 @@ def platform_specs(cfg: PlatformConfig) -> list[ProcessSpec]:
     return specs
 
 
-def platform_supervisor(cfg: PlatformConfig) -> Supervisor:
-    return Supervisor(platform_specs(cfg), grace=cfg.grace)
+def platform_supervisor(cfg: PlatformConfig, output: TextIO | None = None) -> Supervisor:
+    """A supervisor for the whole platform; children's output goes to `output` (default stdout)."""
+    return Supervisor(platform_specs(cfg), grace=cfg.grace, output=output)

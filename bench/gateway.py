@@ -1,0 +1,156 @@
+"""Gateway overhead: GET /api/experiments/{id} through Envoy (REST/JSON) vs the same RPC over gRPC, in one run.
+
+Starts the whole platform on free ports (as `make up` does, in throwaway schemas), creates one experiment, then
+measures p50/p99 latency and throughput at concurrency 1 and 16 for both paths and prints the overhead.
+Usage: python bench/gateway.py [--requests N] [--concurrency 1,16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "gen"), str(ROOT / "libs"), str(ROOT)]
+
+import asyncpg  # noqa: E402
+import grpc  # noqa: E402
+from llmlab.devstack import free_port  # noqa: E402
+from llmlab.devstack.platform import PlatformConfig, platform_supervisor  # noqa: E402
+from llmlab.experiments.v1 import experiments_service_pb2 as pb  # noqa: E402
+from llmlab.experiments.v1 import experiments_service_pb2_grpc as pb_grpc  # noqa: E402
+from llmlab.runtime.settings import SERVICES  # noqa: E402
+
+
+class KeepAliveClient:
+    """A minimal HTTP/1.1 keep-alive GET client: httpx's own per-request cost (~1 ms) would blur the figures."""
+
+    def __init__(self, port: int) -> None:
+        self._port = port
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def get(self, path: str) -> tuple[int, bytes]:
+        conn = self._idle.pop() if self._idle else await asyncio.open_connection("127.0.0.1", self._port)
+        reader, writer = conn
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":", 1)[1])
+        body = await reader.readexactly(length)
+        self._idle.append(conn)
+        return status, body
+
+    def close(self) -> None:
+        for _, writer in self._idle:
+            writer.close()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+async def drive(call, requests: int, concurrency: int) -> tuple[list[float], float]:
+    """Run `requests` calls with `concurrency` workers; return per-call latencies (ms) and wall seconds."""
+    latencies: list[float] = []
+    remaining = iter(range(requests))
+
+    async def worker() -> None:
+        for _ in remaining:
+            started = time.perf_counter()
+            await call()
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, time.perf_counter() - started
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", default="1,16")
+    parser.add_argument("--warmup", type=int, default=200)
+    args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+
+    database_url = os.environ.get("LLMLAB_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    redis_url = os.environ.get("LLMLAB_REDIS_URL", "redis://127.0.0.1:6379/0")
+    prefix = f"bench_{uuid.uuid4().hex[:8]}"
+    ports = {svc: free_port() for svc in SERVICES}
+    cfg = PlatformConfig(
+        database_url=database_url,
+        redis_url=redis_url,
+        gateway_port=free_port(),
+        admin_port=free_port(),
+        service_ports=ports,
+        log_format="json",
+        env={
+            **{f"LLMLAB_{s.upper()}_DB_SCHEMA": f"{prefix}_{s}" for s in SERVICES},
+            "LLMLAB_REDIS_PREFIX": prefix,
+            "LLMLAB_LOG_LEVEL": "warning",
+        },
+    )
+    quiet = open(os.devnull, "w")  # noqa: SIM115 - the services' logs would drown the figures
+    supervisor = platform_supervisor(cfg, output=quiet)
+    await supervisor.start()
+    try:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{ports['experiments']}")
+        stub = pb_grpc.ExperimentServiceStub(channel)
+        created = await stub.CreateExperiment(pb.CreateExperimentRequest(
+            name="bench", model="smollm2-135m-instruct", prompt="Write a story", tags=["bench"]))
+        exp_id = created.data.experiment.id
+        http = KeepAliveClient(cfg.gateway_port)
+        try:
+
+            async def via_gateway() -> None:
+                status, body = await http.get(f"/api/experiments/{exp_id}")
+                if status != 200:
+                    raise RuntimeError(f"gateway answered {status}: {body[:200]!r}")
+
+            async def via_grpc() -> None:
+                await stub.GetExperiment(pb.GetExperimentRequest(id=exp_id))
+
+            await drive(via_gateway, args.warmup, 4)
+            await drive(via_grpc, args.warmup, 4)
+            print(f"GET /api/experiments/{{id}}: {args.requests} requests per run, 2 cores shared by client, "
+                  "Envoy and six services")
+            print(f"{'path':<22}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'mean ms':>9}{'req/s':>9}")
+            results = {}
+            for conc in levels:
+                for name, call in (("envoy REST/JSON", via_gateway), ("direct gRPC", via_grpc)):
+                    lat, wall = await drive(call, args.requests, conc)
+                    results[(name, conc)] = (percentile(lat, 50), percentile(lat, 99), args.requests / wall)
+                    print(f"{name:<22}{conc:>5}{percentile(lat, 50):>9.2f}{percentile(lat, 99):>9.2f}"
+                          f"{statistics.fmean(lat):>9.2f}{args.requests / wall:>9.0f}")
+            for conc in levels:
+                g50, g99, grps = results[("envoy REST/JSON", conc)]
+                d50, d99, drps = results[("direct gRPC", conc)]
+                print(f"overhead at concurrency {conc}: p50 +{g50 - d50:.2f} ms, p99 +{g99 - d99:.2f} ms, "
+                      f"throughput {grps / drps:.2f}x of direct gRPC")
+        finally:
+            http.close()
+        await channel.close()
+    finally:
+        await supervisor.stop()
+        quiet.close()
+        conn = await asyncpg.connect(database_url)
+        try:
+            for svc in SERVICES:
+                await conn.execute(f'DROP SCHEMA IF EXISTS "{prefix}_{svc}" CASCADE')
+        finally:
+            await conn.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

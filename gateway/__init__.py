@@ -1,0 +1,1 @@
+"""The Envoy gateway: config rendering (render.py) and the error-reshaping Lua filter (errors.lua)."""
