@@ -21,6 +21,7 @@ sys.path[:0] = [str(ROOT / "gen"), str(ROOT / "libs"), str(ROOT)]
 
 import asyncpg  # noqa: E402
 import grpc  # noqa: E402
+
 from llmlab.devstack import free_port  # noqa: E402
 from llmlab.devstack.platform import PlatformConfig, platform_supervisor  # noqa: E402
 from llmlab.experiments.v1 import experiments_service_pb2 as pb  # noqa: E402
@@ -56,7 +57,7 @@ class KeepAliveClient:
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 async def drive(call, requests: int, concurrency: int) -> tuple[list[float], float]:
@@ -100,7 +101,7 @@ async def main() -> int:
             "LLMLAB_LOG_LEVEL": "warning",
         },
     )
-    quiet = open(os.devnull, "w")  # noqa: SIM115 - the services' logs would drown the figures
+    quiet = open(os.devnull, "w")  # noqa: ASYNC230 - once, before timing: the services' logs would drown the figures
     supervisor = platform_supervisor(cfg, output=quiet)
     await supervisor.start()
     try:

@@ -149,6 +149,7 @@ local MESSAGE = {[400] = "Invalid request", [401] = "Authentication required", [
   [504] = "Upstream request timed out"}
 local OPENAI_TYPE = {[401] = "authentication_error", [403] = "permission_error", [429] = "rate_limit_error"}
 local RESERVED = {error = true, message = true, details = true, request_id = true}
+local CONTROL = {http_status = true, type = true, param = true}   -- ErrorInfo metadata that steers, never shown
 
 local function is_type(d, name)
   local ty = d["@type"]
@@ -195,7 +196,8 @@ local function parse(raw)
       return e
     end
   end
-  local text = string.match(raw, "^%s*(.-)%s*$")
+  -- Envoy's plain-text replies: keep the first line ("id: invalid value ...", not the JSON parser's caret).
+  local text = string.match(raw, "^%s*([^\n]-)%s*\n") or string.match(raw, "^%s*(.-)%s*$")
   if text ~= "" and #text <= 500 then e.message = text end
   return e
 end
@@ -208,8 +210,9 @@ end
 
 local function snake(code) return string.lower(code) end
 
-local function respond(h, hd, status, meta)
-  local body = h:body(true)
+local function respond(h, status, meta)
+  local body = h:body(true)                 -- buffers this (error) body; header objects taken before are stale
+  local hd = h:headers()
   local raw = body:length() > 0 and body:getBytes(0, body:length()) or ""
   local e = parse(raw)
   local md = e.metadata or {}
@@ -217,16 +220,17 @@ local function respond(h, hd, status, meta)
   if e.grpc_code == 12 and status == 404 then status = 501 end      -- Envoy maps UNIMPLEMENTED to 404
   local override = tonumber(md.http_status)
   if override and override >= 400 and override <= 599 then status = math.floor(override) end
-  if status >= 500 and not e.status_json then e.message = nil end   -- hide Envoy's upstream texts
+  -- Envoy's own texts for 5xx name internals and its 413 text names the transcoder's buffer: use ours.
+  if not e.status_json and (status >= 500 or status == 413) then e.message = nil end
   local message = e.message or MESSAGE[status] or (status >= 500 and "Server error" or "Request failed")
   local code = e.reason or CODE[status] or (status >= 500 and "INTERNAL_ERROR" or "BAD_REQUEST")
 
-  -- Extra fields from ErrorInfo metadata (http_status is a control entry, never shown).
+  -- Extra fields from ErrorInfo metadata (research: top level; lab/native: details when no Struct was given).
   local extras, extra_keys = {}, {}
   local mkeys = md[ORDER]
   if mkeys then
     for _, k in ipairs(mkeys) do
-      if k ~= "http_status" then extra_keys[#extra_keys + 1] = k; extras[k] = typed(md[k]) end
+      if not CONTROL[k] then extra_keys[#extra_keys + 1] = k; extras[k] = typed(md[k]) end
     end
   end
   local retry_after = extras.retry_after
@@ -245,9 +249,9 @@ local function respond(h, hd, status, meta)
   local rid = q(meta.request_id or "")
   local fam, out = meta.family
   if fam == "serving" then
-    local param = extras.param or e.param
+    local param = md.param or e.param
     out = '{"error":{"message":' .. q(message)
-      .. ',"type":' .. q(extras.type or OPENAI_TYPE[status] or (status >= 500 and "api_error")
+      .. ',"type":' .. q(md.type or OPENAI_TYPE[status] or (status >= 500 and "api_error")
                          or "invalid_request_error")
       .. ',"param":' .. (param ~= nil and encode(param) or "null")
       .. ',"code":' .. (e.reason and q(string.lower(e.reason)) or "null")
@@ -320,8 +324,7 @@ function envoy_on_request(h)
 end
 
 function envoy_on_response(h)
-  local hd = h:headers()
-  local status = tonumber(hd:get(":status")) or 0
+  local status = tonumber(h:headers():get(":status")) or 0
   if status < 400 then return end           -- successes (SSE included) pass without body access
-  respond(h, hd, status, h:streamInfo():dynamicMetadata():get(NS) or {})
+  respond(h, status, h:streamInfo():dynamicMetadata():get(NS) or {})
 end

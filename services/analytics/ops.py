@@ -11,6 +11,7 @@ import grpc
 import psutil
 from google.api import httpbody_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from llmlab.analytics.v1 import ops_service_pb2 as pb
 from llmlab.analytics.v1 import ops_service_pb2_grpc as pb_grpc
 from llmlab.common.v1 import service_info_pb2, service_info_pb2_grpc

@@ -6,6 +6,7 @@ import pathlib
 
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 from envoy.service.ratelimit.v3 import rls_pb2_grpc
+
 from llmlab.runtime import ServiceApp, ServiceSpec
 
 from .gateway import AuthorizationServicer, GatewayMetrics, RateLimitServicer

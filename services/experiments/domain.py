@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from llmlab.runtime import InvalidArgument, validation_error
+from llmlab.runtime import validation_error
 
 TYPES = ("single", "batch")
 STATUSES = ("draft", "running", "completed", "failed")
@@ -326,9 +326,5 @@ def bulk_action(
         result.add_tags = validate_tags(tags)
         result.remove_tags = validate_tags(remove_tags)
         if not result.add_tags and not result.remove_tags:
-            raise InvalidArgument(
-                "Validation failed",
-                details={"field": "params.tags", "value": [], "constraint": "tag needs params.tags or params.remove_tags"},
-                field_violations=[("params.tags", "tag needs params.tags or params.remove_tags")],
-            )
+            raise validation_error("params.tags", [], "tag needs params.tags or params.remove_tags")
     return result

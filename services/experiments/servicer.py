@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from google.protobuf.message import Message
+
 from llmlab.experiments.v1 import experiments_service_pb2 as pb
 from llmlab.experiments.v1 import experiments_service_pb2_grpc as pb_grpc
 from llmlab.runtime import NotFound

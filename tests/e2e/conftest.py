@@ -10,6 +10,7 @@ import asyncpg
 import grpc
 import httpx
 import pytest
+
 from llmlab.devstack import free_port
 from llmlab.devstack.platform import PlatformConfig, platform_supervisor
 from llmlab.runtime.settings import SERVICES

@@ -3,6 +3,7 @@
 import datetime as dt
 
 import pytest
+
 from llmlab.experiments.v1 import experiments_service_pb2 as pb
 from llmlab.experiments.v1 import experiments_service_pb2_grpc as pb_grpc
 

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+
 from llmlab.runtime import load_settings
 from llmlab.runtime.server import ServiceApp, ServiceSpec
 

@@ -5,6 +5,7 @@ import datetime as dt
 import grpc
 import pytest
 from google.protobuf import json_format
+
 from llmlab.experiments.v1 import experiments_service_pb2 as pb
 from llmlab.experiments.v1 import experiments_service_pb2_grpc as pb_grpc
 

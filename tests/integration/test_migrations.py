@@ -5,6 +5,7 @@ import pathlib
 
 import asyncpg
 import pytest
+
 from llmlab.runtime.db import Migration, MigrationError, load_migrations, migrate
 
 EXPERIMENTS_MIGRATIONS = pathlib.Path(__file__).parents[2] / "services" / "experiments" / "migrations"

@@ -7,6 +7,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
 from llmlab.common.v1 import service_info_pb2, service_info_pb2_grpc
 from llmlab.experiments.v1 import experiments_service_pb2 as pb
 from llmlab.experiments.v1 import experiments_service_pb2_grpc as pb_grpc
@@ -70,6 +71,7 @@ async def test_unexpected_error_is_sanitised(experiments_app, experiments_channe
 async def test_graceful_stop_drains_in_flight_requests(app_factory, database_url, schema):
     """stop(): NOT_SERVING, the request already running completes, then the pools close."""
     import asyncpg
+
     from services.experiments.app import SPEC
 
     app = await app_factory(SPEC)

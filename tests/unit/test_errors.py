@@ -3,6 +3,7 @@
 import grpc
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
+
 from llmlab.runtime import FailedPrecondition, NotFound, validation_error
 
 

@@ -3,6 +3,7 @@
 import datetime as dt
 
 import pytest
+
 from llmlab.runtime import InvalidArgument
 from services.experiments import domain
 
@@ -111,8 +112,9 @@ def test_bulk_actions():
     fav = domain.bulk_action("favorite", [3, 1, 3], favorited=None, archived=None, tags=[], remove_tags=[])
     assert fav.ids == [3, 1] and fav.favorited is True
     # params.favorited overrides what the action implies (seed 000 §7.2 sends both).
-    assert domain.bulk_action("favorite", [1], favorited=False, archived=None, tags=[], remove_tags=[]).favorited is False
-    assert domain.bulk_action("unarchive", [1], favorited=None, archived=None, tags=[], remove_tags=[]).archived is False
+    none = {"archived": None, "tags": [], "remove_tags": []}
+    assert domain.bulk_action("favorite", [1], favorited=False, **none).favorited is False
+    assert domain.bulk_action("unarchive", [1], **{**none, "favorited": None}).archived is False
     tag = domain.bulk_action("tag", [1], favorited=None, archived=None, tags=["x"], remove_tags=["y"])
     assert (tag.add_tags, tag.remove_tags) == (["x"], ["y"])
     for action, ids, tags in [("explode", [1], []), ("delete", [], []), ("delete", [0], []), ("tag", [1], [])]:

@@ -1,10 +1,11 @@
 """Prometheus names and merging, HTTP route lookup from annotations, envelope helpers."""
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from llmlab.experiments.v1 import experiments_service_pb2  # noqa: F401  (registers the descriptors)
 from llmlab.runtime.envelope import pagination, seconds_text, value
 from llmlab.runtime.httprules import http_route
 from llmlab.runtime.metrics import ServiceMetrics, merge_expositions
-from prometheus_client.parser import text_string_to_metric_families
 
 
 def test_documented_metric_names_exist():

@@ -3,6 +3,7 @@
 import dataclasses
 
 import pytest
+
 from llmlab.runtime import DEFAULT_PORTS, ServiceSettings, SettingsError, load_settings
 
 

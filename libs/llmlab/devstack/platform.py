@@ -39,16 +39,16 @@ class PlatformConfig:
         return f"http://127.0.0.1:{self.gateway_port}"
 
 
-async def http_status(port: int, path: str, host: str = "127.0.0.1", timeout: float = 2.0) -> int:
+async def http_status(port: int, path: str, host: str = "127.0.0.1", wait: float = 2.0) -> int:
     """Status code of a plain HTTP/1.1 GET, or 0 when nothing answers."""
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), wait)
     except (OSError, TimeoutError):
         return 0
     try:
         writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
         await writer.drain()
-        line = await asyncio.wait_for(reader.readline(), timeout)
+        line = await asyncio.wait_for(reader.readline(), wait)
         parts = line.split()
         return int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else 0
     except (OSError, TimeoutError):

@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from google.protobuf import struct_pb2
+
 from llmlab.common.v1 import common_pb2
 
 from .context import current_request_id

@@ -23,6 +23,7 @@ import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+
 from llmlab.common.v1 import service_info_pb2, service_info_pb2_grpc
 
 from . import db
