@@ -1,7 +1,9 @@
 """`make up`: start the whole llmlab platform on this machine and keep it running until Ctrl-C / SIGTERM.
 
 Uses the Postgres and Redis at LLMLAB_DATABASE_URL / LLMLAB_REDIS_URL when they answer, else starts embedded
-ones under .data/. Ports: LLMLAB_GATEWAY_PORT (8080), LLMLAB_GATEWAY_ADMIN_PORT (9901), LLMLAB_<SVC>_PORT.
+ones with their data under LLMLAB_DATA_DIR (default .data/) on LLMLAB_EMBEDDED_POSTGRES_PORT (5433) and
+LLMLAB_EMBEDDED_REDIS_PORT (6380). Ports: LLMLAB_GATEWAY_PORT (8080), LLMLAB_GATEWAY_ADMIN_PORT (9901),
+LLMLAB_<SVC>_PORT.
 """
 
 from __future__ import annotations
@@ -16,7 +18,13 @@ from urllib.parse import urlsplit, urlunsplit
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "gen"), str(ROOT / "libs"), str(ROOT)]
 
-from llmlab.devstack import DevstackError, ensure_postgres, ensure_redis  # noqa: E402
+from llmlab.devstack import (  # noqa: E402
+    EMBEDDED_POSTGRES_PORT,
+    EMBEDDED_REDIS_PORT,
+    DevstackError,
+    ensure_postgres,
+    ensure_redis,
+)
 from llmlab.devstack.platform import PlatformConfig, platform_supervisor  # noqa: E402
 from llmlab.runtime.settings import DEFAULT_PORTS, SERVICES  # noqa: E402
 
@@ -44,10 +52,20 @@ async def _stop_on(event: asyncio.Event, supervisor) -> None:  # type: ignore[no
 
 
 async def main() -> int:
-    data_dir = ROOT / ".data"
+    data_dir = Path(os.environ.get("LLMLAB_DATA_DIR") or ROOT / ".data")
     server_url, database = _split_database(os.environ.get("LLMLAB_DATABASE_URL"))
-    postgres = await ensure_postgres(server_url, data_dir, database=database)
-    redis = await ensure_redis(os.environ.get("LLMLAB_REDIS_URL"), data_dir)
+    postgres = await ensure_postgres(
+        server_url, data_dir, database=database,
+        port=_int_env("LLMLAB_EMBEDDED_POSTGRES_PORT", EMBEDDED_POSTGRES_PORT),
+    )
+    try:
+        redis = await ensure_redis(
+            os.environ.get("LLMLAB_REDIS_URL"), data_dir,
+            port=_int_env("LLMLAB_EMBEDDED_REDIS_PORT", EMBEDDED_REDIS_PORT),
+        )
+    except BaseException:
+        await postgres.stop()
+        raise
     cfg = PlatformConfig(
         database_url=postgres.dsn,
         redis_url=redis.url,
