@@ -31,26 +31,31 @@ def _duration(row: ExperimentRow) -> Any:
     return value(seconds_text(row.duration_ms) if row.duration_ms is not None else None)
 
 
+def _common(row: ExperimentRow) -> dict[str, Any]:
+    """The fields the list item (§1.1) and the full experiment (§1.2) share."""
+    return {
+        "id": row.id,
+        "name": row.name,
+        "description": row.description,
+        "type": row.type,
+        "status": row.status,
+        "model": row.model,
+        "prompt": row.prompt,
+        "parameters": _parameters(row.parameters),
+        "quality_score": value(_round(row.quality_score)),
+        "response_count": row.response_count,
+        "total_cost": row.total_cost,
+        "duration": _duration(row),
+        "created_at": iso(row.created_at),
+        "updated_at": iso(row.updated_at),
+        "tags": row.tags,
+        "favorited": row.favorited,
+        "archived": row.archived,
+    }
+
+
 def _summary(row: ExperimentRow) -> pb.Experiment:
-    return pb.Experiment(
-        id=row.id,
-        name=row.name,
-        description=row.description,
-        type=row.type,
-        status=row.status,
-        model=row.model,
-        prompt=row.prompt,
-        parameters=_parameters(row.parameters),
-        quality_score=value(_round(row.quality_score)),
-        response_count=row.response_count,
-        total_cost=row.total_cost,
-        duration=_duration(row),
-        created_at=iso(row.created_at),
-        updated_at=iso(row.updated_at),
-        tags=row.tags,
-        favorited=row.favorited,
-        archived=row.archived,
-    )
+    return pb.Experiment(**_common(row))
 
 
 def _round(x: float | None) -> float | None:
@@ -69,26 +74,7 @@ def _response(r: ResponseRow) -> pb.ExperimentResponse:
 
 
 def _detail(row: ExperimentRow, responses: list[ResponseRow]) -> pb.ExperimentDetail:
-    detail = pb.ExperimentDetail(
-        id=row.id,
-        name=row.name,
-        description=row.description,
-        type=row.type,
-        status=row.status,
-        model=row.model,
-        prompt=row.prompt,
-        parameters=_parameters(row.parameters),
-        quality_score=value(_round(row.quality_score)),
-        response_count=row.response_count,
-        total_cost=row.total_cost,
-        duration=_duration(row),
-        created_at=iso(row.created_at),
-        updated_at=iso(row.updated_at),
-        tags=row.tags,
-        favorited=row.favorited,
-        archived=row.archived,
-        responses=[_response(r) for r in responses],
-    )
+    detail = pb.ExperimentDetail(**_common(row), responses=[_response(r) for r in responses])
     if row.parameter_ranges:
         detail.parameter_ranges.CopyFrom(pb.ParameterRanges(**row.parameter_ranges))
     return detail
