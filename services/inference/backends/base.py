@@ -1,0 +1,114 @@
+"""The one interface every generation backend implements, and the errors backends raise."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import grpc
+
+from llmlab.runtime import DomainError, InvalidArgument, ResourceExhausted, Unavailable
+
+from ..registry import ModelNotFound, ModelRecord
+from ..types import GenerationEvent, SamplingParams
+
+__all__ = [
+    "Backend",
+    "BackendError",
+    "BackendRequest",
+    "BackendStatus",
+    "BackendTimeout",
+    "BackendUnavailable",
+    "ModelNotFound",
+    "UpstreamAuthFailed",
+    "UpstreamRateLimited",
+    "UpstreamRejected",
+]
+
+
+@dataclass
+class BackendRequest:
+    """One sequence to generate: either a raw `prompt` or OpenAI chat `messages` (list of dicts), never both.
+
+    `n > 1` is fanned out by the caller, as for the engine (GenerationRequest)."""
+
+    request_id: str
+    model: ModelRecord
+    params: SamplingParams = field(default_factory=SamplingParams)
+    prompt: str | None = None
+    messages: list[dict[str, Any]] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("a BackendRequest carries exactly one of prompt and messages")
+
+    @property
+    def is_chat(self) -> bool:
+        return self.messages is not None
+
+
+@dataclass
+class BackendStatus:
+    """What a backend can say about its model right now (health, /api/v1/models `loaded`)."""
+
+    backend: str  # "onnx" | "triton" | "openai"
+    model: str  # registry slug
+    ready: bool
+    detail: str = ""  # why not ready, or what answered
+    latency_ms: float | None = None  # of the check, when it made a call
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A way to generate with one registered model.
+
+    `generate` is an async generator: it yields GenerationEvents as text arrives; the last one has
+    `finish_reason`, `usage` (when the backend reports it) and the timings. A failure before any text is raised
+    as a BackendError (or ModelNotFound); a failure after text has been yielded ends the stream with an event
+    whose finish_reason is "error" and `error` a client-safe message. Closing the generator early (client gone)
+    cancels the work upstream."""
+
+    def generate(self, request: BackendRequest) -> AsyncIterator[GenerationEvent]: ...
+
+    async def status(self) -> BackendStatus: ...
+
+    async def close(self) -> None: ...
+
+
+class BackendError(DomainError):
+    """A backend failed; subclasses say how, and fix the status the client sees."""
+
+
+class BackendUnavailable(BackendError, Unavailable):
+    """The backend cannot be reached or answered with a server error (HTTP 503)."""
+
+    default_reason = "BACKEND_UNAVAILABLE"
+
+
+class BackendTimeout(BackendError):
+    """The backend did not answer in time (HTTP 504)."""
+
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+    default_reason = "BACKEND_TIMEOUT"
+
+
+class UpstreamAuthFailed(BackendError):
+    """The upstream refused our credentials (its 401/403, or the key's env var is unset). The client's own
+    credentials are fine, so it is not a 401 to them: a 502, the gateway's fault."""
+
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+    default_reason = "UPSTREAM_AUTH_FAILED"
+    default_http_status = 502
+
+
+class UpstreamRateLimited(BackendError, ResourceExhausted):
+    """The upstream answered 429 (HTTP 429)."""
+
+    default_reason = "UPSTREAM_RATE_LIMITED"
+
+
+class UpstreamRejected(BackendError, InvalidArgument):
+    """The upstream judged the request invalid (its 400/422); its message is passed on (HTTP 400)."""
+
+    default_reason = "UPSTREAM_BAD_REQUEST"
