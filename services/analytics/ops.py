@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from llmlab.analytics.v1 import ops_service_pb2 as pb
 from llmlab.analytics.v1 import ops_service_pb2_grpc as pb_grpc
 from llmlab.common.v1 import service_info_pb2, service_info_pb2_grpc
+from llmlab.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from llmlab.runtime import SERVICES, VERSION, ServiceApp, Unavailable
 from llmlab.runtime.envelope import iso, meta, utcnow
 from llmlab.runtime.metrics import merge_expositions
@@ -89,8 +90,15 @@ class OpsServicer(pb_grpc.OpsServiceServicer):
         return HEALTHY
 
     async def _model_loaded(self, services: dict[str, ServiceProbe]) -> bool:
-        # The engine reports its models once the inference issue lands; until then no model is loaded.
-        return False
+        """Whether the inference engine holds a model, as it says itself."""
+        if not services["inference"].serving:
+            return False
+        stub = inference_service_pb2_grpc.InferenceServiceStub(self._app.channel("inference"))
+        try:
+            status = await stub.GetEngineStatus(inference_service_pb2.GetEngineStatusRequest(), timeout=PROBE_TIMEOUT)
+        except grpc.aio.AioRpcError:
+            return False
+        return status.model_loaded
 
     async def GetHealth(self, request: pb.GetHealthRequest, context: Any) -> pb.GetHealthResponse:
         deps, services = await asyncio.gather(self._dependencies(), self._probe_all())
@@ -113,7 +121,7 @@ class OpsServicer(pb_grpc.OpsServiceServicer):
             database=deps["postgres"].status,
             cache=deps["redis"].status,
             storage=status(services["files"].serving),
-            model=status(services["inference"].serving),
+            model=status(await self._model_loaded(services)),
         )
         fields = {f.name: getattr(components, f.name) for f in components.DESCRIPTOR.fields}
         if any(v != HEALTHY for v in fields.values()):

@@ -1,4 +1,4 @@
-"""Wiring of the inference service. Its endpoints answer UNIMPLEMENTED until the inference issue lands."""
+"""Wiring of the inference service: registry, model manager (engines and remote backends), servicers."""
 
 from __future__ import annotations
 
@@ -6,9 +6,36 @@ import pathlib
 
 from llmlab.runtime import ServiceApp, ServiceSpec
 
+from .internal_servicer import InferenceServicer
+from .models import ModelManager
+from .native_servicer import NativeServicer
+from .openai_servicer import OpenAIServicer
+from .registry import ModelRegistry
+from .settings import InferenceSettings
+from .usage import UsageRecorder
+
 
 async def setup(app: ServiceApp) -> None:
-    app.serve_package("llmlab.inference.v1", {})
+    assert app.db is not None
+    settings = app.settings
+    assert isinstance(settings, InferenceSettings)
+    models = ModelManager(ModelRegistry(app.db), settings)
+    await models.start()
+    app.on_stop(models.stop)
+    usage = UsageRecorder(app)
+    app.serve_package(
+        "llmlab.inference.v1",
+        {
+            "OpenAIService": OpenAIServicer(models, usage),
+            "NativeService": NativeServicer(models, usage),
+            "InferenceService": InferenceServicer(models, usage),
+        },
+    )
 
 
-SPEC = ServiceSpec(name="inference", setup=setup, migrations=pathlib.Path(__file__).parent / "migrations")
+SPEC = ServiceSpec(
+    name="inference",
+    setup=setup,
+    settings_cls=InferenceSettings,
+    migrations=pathlib.Path(__file__).parent / "migrations",
+)

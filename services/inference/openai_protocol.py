@@ -1077,10 +1077,15 @@ def _tool_spec(req: ChatCompletionRequest) -> ToolSpec | None:
     choice = req.tool_choice
     if not req.tools or choice is None or choice.mode == "none":
         return None
+    mode, forced = choice.mode, choice.name
+    if mode == "required" and len(req.tools) == 1:
+        # One function to choose from: "required" means that function. Naming it leaves a small model only the
+        # arguments to write; left to pick the name, SmolLM2-135M drifts into prose after `"name": "`.
+        mode, forced = "named", req.tools[0].name
     return ToolSpec(
         functions=tuple(req.tools),
-        mode=choice.mode,  # type: ignore[arg-type]
-        forced_name=choice.name,
+        mode=mode,  # type: ignore[arg-type]
+        forced_name=forced,
         parallel=req.parallel_tool_calls is not False,
         legacy=req.legacy_functions,
     )

@@ -16,7 +16,7 @@ async def test_health_is_seed_004_shape(http):
     body = r.json()
     assert set(body) == {"status", "model_loaded", "memory_usage", "active_connections"}
     assert body["status"] == "healthy"
-    assert body["model_loaded"] is False  # no engine until the inference issue lands
+    assert body["model_loaded"] is True  # the engine holds the embedded model
     assert re.fullmatch(r"\d+\.\dGB/\d+\.\dGB", body["memory_usage"])
     assert isinstance(body["active_connections"], int) and body["active_connections"] >= 0
 

@@ -52,7 +52,8 @@ class DomainError(Exception):
     ) -> None:
         super().__init__(message)
         self.message = message
-        self.reason = reason or self.default_reason
+        # An explicit empty reason is kept: some families render a missing code as null (OpenAI's `code`).
+        self.reason = self.default_reason if reason is None else reason
         self.details = dict(details) if details is not None else None
         self.metadata = {k: str(v) for k, v in (metadata or {}).items()}
         self.field_violations = list(field_violations)

@@ -177,9 +177,13 @@ def test_tool_choice_none_leaves_tools_out() -> None:
 
 
 def test_required_and_named_choices_prefill_the_call() -> None:
-    _, required = chat_plan(chat(tools=[WEATHER], tool_choice="required"))
+    other = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}
+    _, required = chat_plan(chat(tools=[WEATHER, other], tool_choice="required"))
     assert required.prompt.endswith('<|im_start|>assistant\n<tool_call>[{"name": "')
     assert "You MUST call at least one of the functions." in required.prompt
+    # With one function, "required" is that function named: the model only writes the arguments.
+    _, only = chat_plan(chat(tools=[WEATHER], tool_choice="required"))
+    assert only.prompt.endswith('<tool_call>[{"name": "get_weather", "arguments": ')
     _, named = chat_plan(chat(tools=[WEATHER], tool_choice={"type": "function", "function": {"name": "get_weather"}}))
     assert named.prompt.endswith('<|im_start|>assistant\n<tool_call>[{"name": "get_weather", "arguments": ')
     assert named.assistant_prefix == '<tool_call>[{"name": "get_weather", "arguments": '

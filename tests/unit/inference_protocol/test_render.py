@@ -205,7 +205,8 @@ def test_unparseable_tool_output_streams_as_content() -> None:
 
 
 def test_required_choice_prefill_is_part_of_the_parsed_call() -> None:
-    body = complete_chat(chat(tools=[WEATHER], tool_choice="required"),
+    other = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}
+    body = complete_chat(chat(tools=[WEATHER, other], tool_choice="required"),
                          'get_weather", "arguments": {"city": "Lyon"}}]')
     assert body["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] == '{"city":"Lyon"}'
 

@@ -1,0 +1,587 @@
+"""The continuous-batching engine: one scheduler task, model steps in a worker thread, per-request sampling.
+
+Each scheduler iteration plans one step on the event loop (admissions, which kind of step) and runs it in a
+dedicated worker thread: a batched prefill of newly admitted prompts, one chunk of a long prompt's prefill, or one
+decode step over every running sequence. Kinds of step take turns, so arrivals join the running batch between decode
+steps without stalling it. Decoding sequences occupy KV slots 0..n; when one leaves, the last one moves into its
+slot, so a decode step always binds one contiguous slice of the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..types import GenerationEvent, GenerationRequest, SamplingParams, TokenLogprob, TopLogprob, Usage
+from .artifact import ModelArtifact, load_artifact
+from .errors import ContextLengthExceeded, EngineOverloaded, EngineStopped, InvalidRequest
+from .runner import ModelRunner
+from .sampling import RequestSampler, SampledToken, sample_batch
+from .tokenizer import IncrementalDetokenizer, ModelTokenizer, StopMatcher
+
+log = logging.getLogger(__name__)
+
+_MAX_TOP_LOGPROBS = 20
+_RATE_WINDOW_S = 10.0
+
+
+@dataclass
+class EngineConfig:
+    """How big the batch, the wait queue and the cache are."""
+
+    max_batch: int = 16  # sequences decoded together (KV slots)
+    max_queue: int = 256  # requests waiting for a slot; one more is refused as overloaded
+    max_seq_len: int | None = None  # tokens per sequence (prompt + completion); default: the model's context
+    # Padded prompt tokens in one batched prefill step. A longer prompt is prefilled alone, this many tokens per step,
+    # between decode steps: GroupQueryAttention's scratch grows with chunk x max_seq_len, and others keep streaming.
+    prefill_tokens: int = 512
+    device: str = "cpu"
+    threads: int | None = None  # intra-op threads; default: every core
+    kv_backend: str | None = None  # "numpy" (host) or "ortvalue" (device memory); default by device
+
+
+@dataclass
+class EngineStats:
+    """A snapshot of the engine's load."""
+
+    active: int  # sequences holding a slot (decoding or being prefilled)
+    queued: int  # requests waiting for a slot
+    slots: int  # max_batch
+    tokens_per_s: float  # generated tokens per second over the last ten seconds
+    tokens_generated: int = 0
+    requests_finished: int = 0
+    steps: int = 0
+    max_seq_len: int = 0
+
+
+class _Sequence:
+    """One request's state from submission to its final event."""
+
+    def __init__(self, request: GenerationRequest, stop_ids: frozenset[int], detok: IncrementalDetokenizer) -> None:
+        self.request = request
+        self.params = request.params
+        self.prompt = list(request.prompt_token_ids)
+        self.sampler = RequestSampler(request.params, self.prompt)
+        self.detok = detok
+        self.stop = StopMatcher(request.params.stop)
+        self.stop_ids = stop_ids
+        self.queue: asyncio.Queue[GenerationEvent] = asyncio.Queue()
+        self.slot = -1
+        self.length = 0  # positions written in the KV cache
+        self.prefilled = 0  # prompt tokens cached so far (chunked prefill)
+        self.next_token = -1  # the last sampled token, fed at the next decode step
+        self.generated: list[int] = []
+        self.cancelled = False
+        self.finished = False
+        self.t_submit = time.perf_counter()
+        self.t_first: float | None = None
+
+
+@dataclass
+class _Plan:
+    kind: str  # "prefill", "chunk", "decode" or "reap"
+    admitted: list[_Sequence] = field(default_factory=list)
+
+
+class _BatchCore:
+    """The batch state and the steps over it. `plan` runs on the event loop, `execute` in the worker thread; the
+    scheduler awaits each step, so the two never run at the same time."""
+
+    def __init__(self, runner: ModelRunner, tokenizer: ModelTokenizer, config: EngineConfig) -> None:
+        self.runner = runner
+        self.tokenizer = tokenizer
+        self.config = config
+        self.decoding: list[_Sequence] = []  # decoding[i].slot == i
+        self.staged: _Sequence | None = None  # a long prompt being prefilled in the staging slot
+        self._turn = 0
+        self.steps = 0
+        self.tokens_generated = 0
+        self.requests_finished = 0
+        self.rate: collections.deque[tuple[float, int]] = collections.deque()
+
+    @property
+    def active(self) -> int:
+        return len(self.decoding) + (self.staged is not None)
+
+    # -- planning (event loop) ---------------------------------------------------------------------------------------
+
+    def plan(self, waiting: collections.deque[_Sequence]) -> _Plan | None:
+        """Choose the next step and take the requests it admits off `waiting`; None when there is nothing to do."""
+        for seq in [s for s in waiting if s.cancelled]:
+            waiting.remove(seq)
+            seq.finished = True
+            seq.queue.put_nowait(self._final(seq, GenerationEvent(), "cancelled", time.perf_counter()))
+        if any(s.cancelled for s in self.decoding) or (self.staged is not None and self.staged.cancelled):
+            reap = True
+        else:
+            reap = False
+        free = self.config.max_batch - self.active
+        chunk = self.config.prefill_tokens
+        options: dict[str, list[_Sequence]] = {}
+        if free > 0 and waiting:
+            group: list[_Sequence] = []
+            width = 0
+            for seq in waiting:
+                if len(seq.prompt) > chunk:
+                    if self.staged is None and "chunk" not in options:
+                        options["chunk"] = [seq]
+                    continue
+                wider = max(width, len(seq.prompt))
+                if len(group) >= free or (len(group) + 1) * wider > chunk:
+                    break
+                group.append(seq)
+                width = wider
+            if group:
+                options["prefill"] = group
+        if self.staged is not None:
+            options["chunk"] = []
+        if self.decoding:
+            options["decode"] = []
+        if not options:
+            return _Plan("reap") if reap else None
+        order = ("prefill", "chunk", "decode")
+        for i in range(len(order)):
+            kind = order[(self._turn + i) % len(order)]
+            if kind in options:
+                self._turn = (order.index(kind) + 1) % len(order)
+                for seq in options[kind]:
+                    waiting.remove(seq)
+                return _Plan(kind, options[kind])
+        return None
+
+    # -- steps (worker thread) ---------------------------------------------------------------------------------------
+
+    def execute(self, plan: _Plan) -> list[tuple[_Sequence, GenerationEvent]]:
+        events: list[tuple[_Sequence, GenerationEvent]] = []
+        try:
+            self._reap(events)
+            if plan.kind == "prefill":
+                self._prefill(plan.admitted, events)
+            elif plan.kind == "chunk":
+                self._chunk(plan.admitted, events)
+            elif plan.kind == "decode":
+                self._decode(events)
+        except Exception as exc:
+            log.exception("engine step failed; failing the sequences in it")
+            self.fail_all(events, exc)
+        return events
+
+    def fail_all(
+        self, events: list[tuple[_Sequence, GenerationEvent]], exc: BaseException, reason: str = "error"
+    ) -> None:
+        now = time.perf_counter()
+        for seq in [*self.decoding, *([self.staged] if self.staged is not None else [])]:
+            if not seq.finished:
+                seq.finished = True
+                events.append((seq, self._final(seq, GenerationEvent(), reason, now, error=_describe(exc))))
+        self.decoding = []
+        self.staged = None
+
+    def _reap(self, events: list[tuple[_Sequence, GenerationEvent]]) -> None:
+        now = time.perf_counter()
+        if self.staged is not None and self.staged.cancelled:
+            self.staged.finished = True
+            events.append((self.staged, self._final(self.staged, GenerationEvent(), "cancelled", now)))
+            self.staged = None
+        cancelled = [s for s in self.decoding if s.cancelled and not s.finished]
+        for seq in cancelled:
+            seq.finished = True
+            events.append((seq, self._final(seq, GenerationEvent(), "cancelled", now)))
+        if cancelled:
+            self._compact()
+
+    def _compact(self) -> None:
+        """Drop finished sequences and fill their slots with the last ones, keeping slots 0..n contiguous."""
+        alive = [s for s in self.decoding if not s.finished]
+        n = len(alive)
+        holes = sorted(s.slot for s in self.decoding if s.finished and s.slot < n)
+        movers = [s for s in alive if s.slot >= n]
+        for hole, seq in zip(holes, movers, strict=True):
+            self.runner.kv.move(seq.slot, hole, seq.length)
+            seq.slot = hole
+        for seq in self.decoding:
+            if seq.finished:
+                seq.slot = -1
+        alive.sort(key=lambda s: s.slot)
+        self.decoding = alive
+
+    def _prefill(self, admitted: list[_Sequence], events: list[tuple[_Sequence, GenerationEvent]]) -> None:
+        seqs = self._drop_cancelled(admitted, events)
+        if not seqs:
+            return
+        start = len(self.decoding)
+        try:
+            logits = self.runner.prefill(start, [s.prompt for s in seqs])
+        except Exception as exc:
+            log.exception("prefill of %d prompts failed", len(seqs))
+            self._fail(seqs, exc, events)
+            return
+        for i, seq in enumerate(seqs):
+            seq.slot = start + i
+            seq.length = seq.prefilled = len(seq.prompt)
+        self.decoding.extend(seqs)
+        self._sample(seqs, logits, events)
+
+    def _chunk(self, admitted: list[_Sequence], events: list[tuple[_Sequence, GenerationEvent]]) -> None:
+        if admitted:
+            live = self._drop_cancelled(admitted, events)
+            if not live:
+                return
+            self.staged = live[0]
+        seq = self.staged
+        if seq is None:
+            return
+        size = self.config.prefill_tokens
+        piece = seq.prompt[seq.prefilled : seq.prefilled + size]
+        try:
+            logits = self.runner.prefill_chunk(piece, seq.prefilled, len(seq.prompt))
+        except Exception as exc:
+            log.exception("chunked prefill failed")
+            self.staged = None
+            self._fail([seq], exc, events)
+            return
+        seq.prefilled += len(piece)
+        if seq.prefilled < len(seq.prompt):
+            return
+        self.staged = None
+        seq.slot = len(self.decoding)
+        seq.length = len(seq.prompt)
+        self.runner.commit_staged(seq.slot, seq.length)
+        self.decoding.append(seq)
+        self._sample([seq], logits[None, :], events)
+
+    def _decode(self, events: list[tuple[_Sequence, GenerationEvent]]) -> None:
+        seqs = self.decoding
+        if not seqs:
+            return
+        tokens = np.fromiter((s.next_token for s in seqs), dtype=np.int64, count=len(seqs))
+        lengths = np.fromiter((s.length for s in seqs), dtype=np.int64, count=len(seqs))
+        try:
+            logits = self.runner.decode(tokens, lengths)
+        except Exception as exc:
+            log.exception("decode step over %d sequences failed", len(seqs))
+            self._fail(list(seqs), exc, events)
+            return
+        for seq in seqs:
+            seq.length += 1
+        self._sample(seqs, logits, events)
+
+    def _drop_cancelled(
+        self, seqs: list[_Sequence], events: list[tuple[_Sequence, GenerationEvent]]
+    ) -> list[_Sequence]:
+        now = time.perf_counter()
+        live = []
+        for seq in seqs:
+            if seq.cancelled:
+                seq.finished = True
+                events.append((seq, self._final(seq, GenerationEvent(), "cancelled", now)))
+            else:
+                live.append(seq)
+        return live
+
+    def _fail(self, seqs: list[_Sequence], exc: BaseException, events: list[tuple[_Sequence, GenerationEvent]]) -> None:
+        now = time.perf_counter()
+        for seq in seqs:
+            seq.finished = True
+            events.append((seq, self._final(seq, GenerationEvent(), "error", now, error=_describe(exc))))
+        if any(s.slot >= 0 for s in seqs):
+            self._compact()
+
+    def _sample(
+        self, seqs: list[_Sequence], logits: np.ndarray, events: list[tuple[_Sequence, GenerationEvent]]
+    ) -> None:
+        vocab = self.tokenizer.vocab_size
+        if logits.shape[1] > vocab:
+            logits[:, vocab:] = -np.inf
+        results = sample_batch(logits, [s.sampler for s in seqs])
+        now = time.perf_counter()
+        finished = False
+        for seq, result in zip(seqs, results, strict=True):
+            event = self._advance(seq, result, now)
+            events.append((seq, event))
+            finished = finished or seq.finished
+        self.steps += 1
+        self.tokens_generated += len(seqs)
+        self.rate.append((now, len(seqs)))
+        while self.rate and self.rate[0][0] < now - _RATE_WINDOW_S:
+            self.rate.popleft()
+        if finished:
+            self._compact()
+
+    def _advance(self, seq: _Sequence, result: SampledToken | BaseException, now: float) -> GenerationEvent:
+        """Take one sampled token into a sequence: text, stop checks, the event to stream."""
+        if isinstance(result, BaseException):
+            seq.finished = True
+            return self._final(seq, GenerationEvent(), "error", now, error=_describe(result))
+        token = result.token_id
+        seq.generated.append(token)
+        seq.sampler.observe(token)
+        seq.next_token = token
+        if seq.t_first is None:
+            seq.t_first = now
+        event = GenerationEvent(token_ids=[token])
+        finish: str | None = None
+        if token in seq.stop_ids:
+            finish = "stop"
+            event.text = self._drain(seq)
+        else:
+            if result.logprob is not None:
+                event.logprobs = [self._logprob(token, result)]
+            text, stopped = seq.stop.feed(seq.detok.push((token,)))
+            event.text = text
+            if stopped:
+                finish = "stop"
+            elif len(seq.generated) >= seq.params.max_tokens:
+                finish = "length"
+                event.text += self._drain(seq)
+        if finish is None:
+            return event
+        seq.finished = True
+        return self._final(seq, event, finish, now)
+
+    def _drain(self, seq: _Sequence) -> str:
+        """Text held back at the end: an incomplete character, or a possible start of a stop sequence."""
+        text, stopped = seq.stop.feed(seq.detok.flush())
+        return text if stopped else text + seq.stop.flush()
+
+    def _logprob(self, token: int, result: SampledToken) -> TokenLogprob:
+        tok = self.tokenizer
+        return TokenLogprob(
+            token=tok.token_text(token),
+            logprob=float(result.logprob if result.logprob is not None else 0.0),
+            bytes=list(tok.token_bytes(token)),
+            top_logprobs=[
+                TopLogprob(token=tok.token_text(t), logprob=lp, bytes=list(tok.token_bytes(t)))
+                for t, lp in result.top_logprobs
+            ],
+        )
+
+    def _final(
+        self, seq: _Sequence, event: GenerationEvent, reason: str, now: float, error: str | None = None
+    ) -> GenerationEvent:
+        event.finish_reason = reason
+        event.error = error
+        event.usage = Usage(prompt_tokens=len(seq.prompt), completion_tokens=len(seq.generated))
+        event.latency_ms = (now - seq.t_submit) * 1000.0
+        if seq.t_first is not None:
+            event.time_to_first_token_ms = (seq.t_first - seq.t_submit) * 1000.0
+        self.requests_finished += 1
+        return event
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+class Engine:
+    """Continuous batching over one model. Use `start()`, then `generate()` from any number of tasks, then `stop()`.
+
+    `generate` validates a request and raises before it is queued (`InvalidRequest`, `ContextLengthExceeded`,
+    `EngineOverloaded`, `EngineStopped`), then yields one event per generated token; the last event carries the
+    finish reason, usage and timings. A consumer that stops iterating (aclose, cancellation, a client gone) frees
+    the request's slot at the next step.
+    """
+
+    def __init__(self, artifact: ModelArtifact, config: EngineConfig | None = None) -> None:
+        self.config = config = config or EngineConfig()
+        if config.max_batch < 1 or config.max_queue < 0 or config.prefill_tokens < 1:
+            raise ValueError("max_batch and prefill_tokens must be positive, max_queue not negative")
+        self.artifact = artifact
+        self.tokenizer = artifact.tokenizer
+        context = artifact.graph.context_length
+        self.max_seq_len = min(config.max_seq_len or context, context)
+        pad = (
+            artifact.tokenizer.token_to_id(artifact.tokenizer.pad_token or "") if artifact.tokenizer.pad_token else None
+        )
+        self._runner = ModelRunner(
+            artifact,
+            max_batch=config.max_batch,
+            max_len=self.max_seq_len,
+            prefill_tokens=config.prefill_tokens,
+            kv_backend=config.kv_backend,
+            pad_token_id=pad if pad is not None else min(artifact.eos_token_ids, default=0),
+        )
+        self._core = _BatchCore(self._runner, artifact.tokenizer, config)
+        self._waiting: collections.deque[_Sequence] = collections.deque()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._stopping = False
+
+    @classmethod
+    def from_dir(cls, path: str | os.PathLike[str], config: EngineConfig | None = None, **load_options) -> Engine:
+        """Load a model directory (see `load_artifact`) and build an engine over it."""
+        config = config or EngineConfig()
+        artifact = load_artifact(path, device=config.device, threads=config.threads, **load_options)
+        return cls(artifact, config)
+
+    @property
+    def eos_token_ids(self) -> frozenset[int]:
+        return self.artifact.eos_token_ids
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._stopping
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        self._stopping = False
+        self._wake = asyncio.Event()
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-step")
+        self._task = asyncio.create_task(self._schedule(), name="engine-scheduler")
+
+    async def stop(self) -> None:
+        """Stop scheduling; every waiting or running request ends with finish_reason "cancelled"."""
+        if self._task is None:
+            return
+        self._stopping = True
+        self._wake.set()
+        try:
+            await self._task
+        finally:
+            self._task = None
+            events: list[tuple[_Sequence, GenerationEvent]] = []
+            self._core.fail_all(events, EngineStopped("engine stopped"), reason="cancelled")
+            now = time.perf_counter()
+            while self._waiting:
+                seq = self._waiting.popleft()
+                seq.finished = True
+                error = "EngineStopped: engine stopped"
+                events.append((seq, self._core._final(seq, GenerationEvent(), "cancelled", now, error=error)))
+            for seq, event in events:
+                seq.queue.put_nowait(event)
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+
+    def stats(self) -> EngineStats:
+        core = self._core
+        now = time.perf_counter()
+        recent = [(t, n) for t, n in core.rate if t >= now - _RATE_WINDOW_S]
+        rate = 0.0
+        if recent:
+            span = max(now - recent[0][0], 1e-3)
+            rate = sum(n for _, n in recent) / span if span >= 0.5 else 0.0
+        return EngineStats(
+            active=core.active,
+            queued=len(self._waiting),
+            slots=self.config.max_batch,
+            tokens_per_s=rate,
+            tokens_generated=core.tokens_generated,
+            requests_finished=core.requests_finished,
+            steps=core.steps,
+            max_seq_len=self.max_seq_len,
+        )
+
+    def validate(self, request: GenerationRequest) -> None:
+        """Raise `InvalidRequest` / `ContextLengthExceeded` for a request the engine would refuse."""
+        p = request.params
+        prompt = request.prompt_token_ids
+        if not prompt:
+            raise InvalidRequest("the prompt is empty")
+        vocab = self.tokenizer.vocab_size
+        if min(prompt) < 0 or max(prompt) >= vocab:
+            raise InvalidRequest(f"prompt token ids must be in [0, {vocab})")
+        _check_params(p)
+        if len(prompt) + p.max_tokens > self.max_seq_len:
+            raise ContextLengthExceeded(len(prompt), p.max_tokens, self.max_seq_len)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+        """Stream one request's events; raises before queuing when the request cannot be served."""
+        seq = self._submit(request)
+        try:
+            while True:
+                event = await seq.queue.get()
+                yield event
+                if event.finish_reason is not None:
+                    return
+        finally:
+            if not seq.finished:
+                seq.cancelled = True
+                self._wake.set()
+
+    def _submit(self, request: GenerationRequest) -> _Sequence:
+        if not self.running:
+            raise EngineStopped("the engine is not running")
+        self.validate(request)
+        if len(self._waiting) >= self.config.max_queue:
+            raise EngineOverloaded(len(self._waiting), self.config.max_queue)
+        stop_ids = frozenset(request.params.stop_token_ids)
+        if not request.params.ignore_eos:
+            stop_ids |= self.eos_token_ids
+        seq = _Sequence(request, stop_ids, self.tokenizer.detokenizer(request.prompt_token_ids))
+        self._waiting.append(seq)
+        self._wake.set()
+        return seq
+
+    async def _schedule(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._executor is not None
+        while not self._stopping:
+            plan = self._core.plan(self._waiting)
+            if plan is None:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            try:
+                events = await loop.run_in_executor(self._executor, self._core.execute, plan)
+            except Exception as exc:  # execute catches its own errors; this guards the scheduler itself
+                log.exception("engine step crashed")
+                events = []
+                self._core.fail_all(events, exc)
+            for seq, event in events:
+                seq.queue.put_nowait(event)
+
+
+def _check_params(p: SamplingParams) -> None:
+    if p.max_tokens < 1:
+        raise InvalidRequest("max_tokens must be at least 1")
+    if not p.temperature >= 0.0:
+        raise InvalidRequest("temperature must be >= 0")
+    if not 0.0 < p.top_p <= 1.0:
+        raise InvalidRequest("top_p must be in (0, 1]")
+    if p.top_k < 0:
+        raise InvalidRequest("top_k must be >= 0")
+    if not -2.0 <= p.frequency_penalty <= 2.0 or not -2.0 <= p.presence_penalty <= 2.0:
+        raise InvalidRequest("frequency_penalty and presence_penalty must be in [-2, 2]")
+    if not p.repetition_penalty > 0.0:
+        raise InvalidRequest("repetition_penalty must be > 0")
+    if not 0 <= p.top_logprobs <= _MAX_TOP_LOGPROBS:
+        raise InvalidRequest(f"top_logprobs must be in [0, {_MAX_TOP_LOGPROBS}]")
+    if any(not isinstance(s, str) for s in p.stop):
+        raise InvalidRequest("stop sequences must be strings")
+
+
+async def collect(events: AsyncIterator[GenerationEvent] | Iterable[GenerationEvent]) -> GenerationEvent:
+    """Merge a stream into one event: all text, token ids and logprobs, with the final event's fields."""
+    merged = GenerationEvent()
+    parts: list[str] = []
+
+    def take(event: GenerationEvent) -> None:
+        parts.append(event.text)
+        merged.token_ids.extend(event.token_ids)
+        merged.logprobs.extend(event.logprobs)
+        if event.finish_reason is not None:
+            merged.finish_reason = event.finish_reason
+            merged.usage = event.usage
+            merged.time_to_first_token_ms = event.time_to_first_token_ms
+            merged.latency_ms = event.latency_ms
+            merged.error = event.error
+
+    if hasattr(events, "__aiter__"):
+        async for event in events:  # type: ignore[union-attr]
+            take(event)
+    else:
+        for event in events:  # type: ignore[union-attr]
+            take(event)
+    merged.text = "".join(parts)
+    return merged

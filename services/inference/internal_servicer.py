@@ -1,0 +1,189 @@
+"""InferenceService: the typed gRPC API other services call (experiments -> Generate, metrics -> logprobs, ops)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import psutil
+from google.protobuf import json_format
+
+from llmlab.inference.v1 import inference_service_pb2 as pb
+from llmlab.inference.v1 import inference_service_pb2_grpc as pb_grpc
+from llmlab.runtime import InvalidArgument, validation_error
+from llmlab.runtime.context import current_request_id
+from llmlab.runtime.envelope import iso
+
+from .backends import BackendRequest
+from .generation import merge_streams
+from .models import ModelManager
+from .registry import ModelRecord
+from .types import GenerationEvent, SamplingParams
+from .types import TokenLogprob as EngineLogprob
+from .usage import UsageRecorder
+
+MAX_N = 16
+
+
+def sampling_params(msg: pb.SamplingParams) -> tuple[SamplingParams, int]:
+    """The proto's sampling (unset fields take OpenAI's defaults) and n, validated."""
+
+    def opt(name: str, default: Any) -> Any:
+        return getattr(msg, name) if msg.HasField(name) else default
+
+    params = SamplingParams(
+        temperature=opt("temperature", 1.0),
+        top_p=opt("top_p", 1.0),
+        top_k=opt("top_k", 0),
+        max_tokens=opt("max_tokens", 256),
+        frequency_penalty=opt("frequency_penalty", 0.0),
+        presence_penalty=opt("presence_penalty", 0.0),
+        repetition_penalty=opt("repetition_penalty", 1.0),
+        stop=list(msg.stop),
+        seed=opt("seed", None),
+        logprobs=msg.logprobs or msg.HasField("top_logprobs"),
+        top_logprobs=opt("top_logprobs", 0),
+    )
+    n = opt("n", 1)
+    checks = [
+        ("temperature", 0 <= params.temperature <= 2, "must be between 0 and 2"),
+        ("top_p", 0 < params.top_p <= 1, "must be greater than 0 and at most 1"),
+        ("top_k", params.top_k >= 0, "must be 0 (off) or positive"),
+        ("max_tokens", params.max_tokens >= 1, "must be at least 1"),
+        ("frequency_penalty", -2 <= params.frequency_penalty <= 2, "must be between -2 and 2"),
+        ("presence_penalty", -2 <= params.presence_penalty <= 2, "must be between -2 and 2"),
+        ("repetition_penalty", params.repetition_penalty > 0, "must be greater than 0"),
+        ("top_logprobs", 0 <= params.top_logprobs <= 20, "must be between 0 and 20"),
+        ("n", 1 <= n <= MAX_N, f"must be between 1 and {MAX_N}"),
+    ]
+    for field, ok, constraint in checks:
+        if not ok:
+            raise validation_error(f"sampling.{field}", getattr(params, field, n), constraint)
+    return params, n
+
+
+def _choice_params(params: SamplingParams, n: int) -> list[SamplingParams]:
+    return [replace(params, seed=None if params.seed is None else params.seed + i) for i in range(n)]
+
+
+def logprobs_pb(tokens: list[EngineLogprob]) -> list[pb.TokenLogprob]:
+    return [
+        pb.TokenLogprob(
+            token=t.token, logprob=t.logprob, bytes=bytes(t.bytes),
+            top_logprobs=[pb.TopLogprob(token=a.token, logprob=a.logprob) for a in t.top_logprobs],
+        )
+        for t in tokens
+    ]
+
+
+def record_pb(r: ModelRecord) -> pb.ModelRecord:
+    out = pb.ModelRecord(
+        id=r.id, uuid=r.uuid, name=r.name, provider=r.provider, model_identifier=r.model_identifier,
+        version=r.version, base_model=r.base_model, status=r.status, description=r.description,
+        model_size=r.model_size, category=r.category, capabilities=r.capabilities, languages=r.languages,
+        context_window=r.context_window, max_output_tokens=r.max_tokens,
+        input_price_per_1k=r.input_cost_per_token * 1000, output_price_per_1k=r.output_cost_per_token * 1000,
+        backend=r.backend, created_at=iso(r.created_at), updated_at=iso(r.updated_at),
+    )
+    out.config.update(r.config or {})
+    if r.parameters is not None:
+        out.parameters.update(r.parameters)
+    return out
+
+
+class InferenceServicer(pb_grpc.InferenceServiceServicer):
+    """Generation for other services, with the same engine, sampling and usage accounting as the public APIs."""
+
+    def __init__(self, models: ModelManager, usage: UsageRecorder) -> None:
+        self._models = models
+        self._usage = usage
+
+    async def _prepare(self, request: pb.GenerateRequest | pb.GenerateStreamRequest) -> tuple[ModelRecord, list]:
+        if bool(request.prompt) == bool(request.messages):
+            raise InvalidArgument("give exactly one of prompt and messages", reason="VALIDATION_ERROR",
+                                  field_violations=[("prompt", "exactly one of prompt and messages")])
+        if request.tools:
+            raise InvalidArgument("tools are served by /v1/chat/completions", reason="UNSUPPORTED_PARAMETER",
+                                  field_violations=[("tools", "not supported by this RPC")])
+        params, n = sampling_params(request.sampling)
+        record, backend = await self._models.backend(request.model or self._models.settings.default_model)
+        messages = [json_format.MessageToDict(m, preserving_proto_field_name=True) for m in request.messages] or None
+        streams = [
+            backend.generate(BackendRequest(
+                f"{current_request_id()}-{i}", record, p,
+                prompt=request.prompt if messages is None else None, messages=messages,
+            ))
+            for i, p in enumerate(_choice_params(params, n))
+        ]
+        return record, streams
+
+    async def Generate(self, request: pb.GenerateRequest, context: Any) -> pb.GenerateResponse:
+        record, streams = await self._prepare(request)
+        started = time.perf_counter()
+        choices = [pb.GenerationChoice(index=i) for i in range(len(streams))]
+        finals: list[GenerationEvent] = []
+        async for index, event in merge_streams(streams):
+            choices[index].text += event.text
+            choices[index].logprobs.extend(logprobs_pb(event.logprobs))
+            if event.finish_reason is not None:
+                choices[index].finish_reason = event.finish_reason
+                finals.append(event)
+        latency_ms = (time.perf_counter() - started) * 1000
+        usage = await self._usage.record(endpoint="InferenceService/Generate", model=record, backend=record.backend,
+                                         finals=finals, latency_ms=latency_ms)
+        ttft = [e.time_to_first_token_ms for e in finals if e.time_to_first_token_ms is not None]
+        return pb.GenerateResponse(
+            id=current_request_id(), model=record.id, choices=choices,
+            usage=pb.Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+                           total_tokens=usage.total_tokens),
+            latency_ms=round(latency_ms, 3), time_to_first_token_ms=round(min(ttft), 3) if ttft else 0.0,
+            backend=record.backend,
+        )
+
+    async def GenerateStream(
+        self, request: pb.GenerateStreamRequest, context: Any
+    ) -> AsyncIterator[pb.GenerateStreamResponse]:
+        record, streams = await self._prepare(request)
+        started = time.perf_counter()
+        finals: list[GenerationEvent] = []
+        async for index, event in merge_streams(streams):
+            out = pb.GenerateStreamResponse(id=current_request_id(), model=record.id, index=index, delta=event.text,
+                                            logprobs=logprobs_pb(event.logprobs))
+            if event.finish_reason is not None:
+                finals.append(event)
+                out.finish_reason = event.finish_reason
+                if event.usage is not None:
+                    out.usage.CopyFrom(pb.Usage(prompt_tokens=event.usage.prompt_tokens,
+                                                completion_tokens=event.usage.completion_tokens,
+                                                total_tokens=event.usage.total_tokens))
+                out.latency_ms = event.latency_ms or 0.0
+                out.time_to_first_token_ms = event.time_to_first_token_ms or 0.0
+            yield out
+        await self._usage.record(endpoint="InferenceService/GenerateStream", model=record, backend=record.backend,
+                                 finals=finals, latency_ms=(time.perf_counter() - started) * 1000)
+        yield pb.GenerateStreamResponse(id=current_request_id(), model=record.id, done=True)
+
+    async def GetEngineStatus(self, request: pb.GetEngineStatusRequest, context: Any) -> pb.GetEngineStatusResponse:
+        loaded = list(self._models.loaded.values())
+        out = pb.GetEngineStatusResponse(
+            backend="onnxruntime",
+            model_loaded=bool(loaded),
+            memory_used_bytes=psutil.Process().memory_info().rss,
+            memory_total_bytes=psutil.virtual_memory().total,
+            max_batch_size=self._models.settings.max_batch,
+        )
+        for m in loaded:
+            stats = m.engine.stats()
+            out.active_requests += stats.active
+            out.queued_requests += stats.queued
+            size = sum(f.get("size", 0) for f in (m.record.artifact or {}).get("files", []))
+            out.loaded_models.append(pb.LoadedModel(
+                model=m.record.id, backend="onnx", device=m.device, format=m.record.format,
+                quantization=m.record.quantization or "", memory_bytes=size, loaded_at=iso(m.loaded_at),
+            ))
+        return out
+
+    async def GetModel(self, request: pb.GetModelRequest, context: Any) -> pb.GetModelResponse:
+        return pb.GetModelResponse(model=record_pb(await self._models.record(request.id)))

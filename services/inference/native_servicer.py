@@ -1,0 +1,198 @@
+"""NativeService: seed 004's local inference API (`/api/v1/generate`, `.../stream`, `/models`, `/batch/generate`)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from llmlab.inference.v1 import inference_service_pb2 as common_pb
+from llmlab.inference.v1 import native_service_pb2 as pb
+from llmlab.inference.v1 import native_service_pb2_grpc as pb_grpc
+from llmlab.runtime import DomainError, InvalidArgument, validation_error
+from llmlab.runtime.context import current_request_id
+
+from .backends import BackendRequest
+from .generation import merge_streams
+from .models import ModelManager
+from .registry import ModelRecord
+from .types import GenerationEvent, SamplingParams
+from .usage import UsageRecorder
+
+DEFAULT_MAX_TOKENS = 256
+MAX_BATCH_ITEMS = 64
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f}GB"
+
+
+def sampling(msg: Any, default_max_tokens: int = DEFAULT_MAX_TOKENS) -> SamplingParams:
+    """Seed 004's request fields (generate, stream and batch items share them) as SamplingParams."""
+
+    def opt(name: str, default: Any) -> Any:
+        return getattr(msg, name) if msg.HasField(name) else default
+
+    params = SamplingParams(
+        temperature=opt("temperature", 0.7),
+        top_p=opt("top_p", 1.0),
+        top_k=opt("top_k", 0),
+        max_tokens=opt("max_tokens", default_max_tokens),
+        stop=list(msg.stop),
+        seed=opt("seed", None),
+    )
+    if not 0 <= params.temperature <= 2:
+        raise validation_error("temperature", params.temperature, "must be between 0 and 2")
+    if not 0 < params.top_p <= 1:
+        raise validation_error("top_p", params.top_p, "must be greater than 0 and at most 1")
+    if params.top_k < 0:
+        raise validation_error("top_k", params.top_k, "must be 0 (off) or positive")
+    if params.max_tokens < 1:
+        raise validation_error("max_tokens", params.max_tokens, "must be at least 1")
+    if len(params.stop) > 4:
+        raise validation_error("stop", len(params.stop), "at most 4 stop sequences")
+    return params
+
+
+def usage_pb(event: GenerationEvent) -> common_pb.Usage:
+    u = event.usage
+    if u is None:
+        return common_pb.Usage()
+    return common_pb.Usage(prompt_tokens=u.prompt_tokens, completion_tokens=u.completion_tokens,
+                           total_tokens=u.total_tokens)
+
+
+class NativeServicer(pb_grpc.NativeServiceServicer):
+    """Seed 004's endpoints. A plain `prompt` is an instruction to a chat model: it goes through the chat template."""
+
+    def __init__(self, models: ModelManager, usage: UsageRecorder) -> None:
+        self._models = models
+        self._usage = usage
+
+    async def _request(self, model: str, prompt: str, params: SamplingParams, suffix: str = "") -> tuple[
+            ModelRecord, Any, BackendRequest]:
+        if not prompt.strip():
+            raise validation_error("prompt", prompt, "is required")
+        record, backend = await self._models.backend(model or self._models.settings.default_model)
+        request = BackendRequest(f"{current_request_id()}{suffix}", record, params,
+                                 messages=[{"role": "user", "content": prompt}])
+        return record, backend, request
+
+    async def _run(self, model: str, prompt: str, params: SamplingParams, suffix: str = "") -> tuple[
+            ModelRecord, str, GenerationEvent, float]:
+        record, backend, request = await self._request(model, prompt, params, suffix)
+        started = time.perf_counter()
+        text, final = "", GenerationEvent()
+        async for _, event in merge_streams([backend.generate(request)]):
+            text += event.text
+            if event.finish_reason is not None:
+                final = event
+        latency = time.perf_counter() - started
+        await self._usage.record(endpoint="/api/v1/generate", model=record, backend=record.backend, finals=[final],
+                                 latency_ms=latency * 1000)
+        return record, text, final, latency
+
+    async def NativeGenerate(self, request: pb.NativeGenerateRequest, context: Any) -> pb.NativeGenerateResponse:
+        if request.stream:
+            raise InvalidArgument(
+                "stream: true is served by POST /api/v1/generate/stream", reason="USE_STREAM_ENDPOINT",
+                field_violations=[("stream", "use /api/v1/generate/stream")],
+            )
+        record, text, final, latency = await self._run(request.model, request.prompt, sampling(request))
+        return pb.NativeGenerateResponse(text=text, usage=usage_pb(final), latency=round(latency, 3), model=record.id,
+                                         finish_reason=final.finish_reason or "stop")
+
+    async def NativeGenerateStream(
+        self, request: pb.NativeGenerateStreamRequest, context: Any
+    ) -> AsyncIterator[pb.NativeGenerateStreamResponse]:
+        record, backend, breq = await self._request(request.model, request.prompt, sampling(request))
+        started = time.perf_counter()
+        events = merge_streams([backend.generate(breq)])
+        first = await anext(events, None)  # refusals (overloaded, too long) keep their HTTP status
+        pending = [first] if first is not None else []
+        final = GenerationEvent()
+        try:
+            while True:
+                item = pending.pop() if pending else await anext(events, None)
+                if item is None:
+                    break
+                _, event = item
+                if event.finish_reason is None:
+                    if event.text:
+                        yield pb.NativeGenerateStreamResponse(token=event.text, finished=False)
+                    continue
+                final = event
+                out = pb.NativeGenerateStreamResponse(
+                    token=event.text, finished=True, finish_reason=event.finish_reason, usage=usage_pb(event),
+                    latency=round(time.perf_counter() - started, 3),
+                )
+                if event.finish_reason == "error":
+                    out.error.CopyFrom(pb.NativeError(code="GENERATION_FAILED", message="Generation failed",
+                                                      details=event.error or ""))
+                yield out
+        except DomainError as exc:  # after the first message only the stream itself can carry the failure
+            yield pb.NativeGenerateStreamResponse(
+                finished=True, finish_reason="error",
+                error=pb.NativeError(code=exc.reason, message=exc.message, details=""),
+            )
+            return
+        finally:
+            await events.aclose()
+        await self._usage.record(endpoint="/api/v1/generate/stream", model=record, backend=record.backend,
+                                 finals=[final], latency_ms=(time.perf_counter() - started) * 1000)
+
+    async def NativeBatchGenerate(
+        self, request: pb.NativeBatchGenerateRequest, context: Any
+    ) -> pb.NativeBatchGenerateResponse:
+        items = list(request.requests)
+        if not 1 <= len(items) <= MAX_BATCH_ITEMS:
+            raise validation_error("requests", len(items), f"must hold between 1 and {MAX_BATCH_ITEMS} requests")
+        for i, item in enumerate(items):  # validate everything before generating anything
+            if not item.prompt.strip():
+                raise validation_error(f"requests[{i}].prompt", item.prompt, "is required")
+            sampling(item)
+
+        async def one(i: int, item: pb.NativeBatchItem) -> pb.NativeBatchResult:
+            try:
+                _, text, final, latency = await self._run(item.model, item.prompt, sampling(item), f"-{i}")
+            except DomainError as exc:
+                return pb.NativeBatchResult(finish_reason="error",
+                                            error=pb.NativeError(code=exc.reason, message=exc.message))
+            return pb.NativeBatchResult(text=text, usage=usage_pb(final), latency=round(latency, 3),
+                                        finish_reason=final.finish_reason or "stop")
+
+        # Every item joins the engine's running batch at once: continuous batching does the rest.
+        results = await asyncio.gather(*(one(i, item) for i, item in enumerate(items)))
+        return pb.NativeBatchGenerateResponse(results=results)
+
+    async def NativeListModels(self, request: pb.NativeListModelsRequest, context: Any) -> pb.NativeListModelsResponse:
+        records = await self._models.registry.list(limit=1000)
+        return pb.NativeListModelsResponse(models=[self._native_model(r) for r in records])
+
+    async def NativeLoadModel(self, request: pb.NativeLoadModelRequest, context: Any) -> pb.NativeLoadModelResponse:
+        if request.quantization and request.quantization not in ("int8", "q8_0", "default"):
+            record = await self._models.record(request.model_name)
+            raise validation_error(
+                "quantization", request.quantization,
+                f"'{record.id}' is available as int8 only (re-import it to change the precision)",
+            )
+        loaded = await self._models.load(request.model_name, prefer_gpu=request.prefer_gpu)
+        return pb.NativeLoadModelResponse(model=self._native_model(loaded.record),
+                                          load_time=round(loaded.load_seconds, 3))
+
+    def _native_model(self, record: ModelRecord) -> pb.NativeModel:
+        loaded = self._models.loaded.get(record.id)
+        size = sum(f.get("size", 0) for f in (record.artifact or {}).get("files", [])) if record.artifact else 0
+        model = pb.NativeModel(
+            name=record.id,
+            format=record.format,
+            size=_gb(size) if size else record.model_size,
+            loaded=loaded is not None,
+            memory_usage=_gb(size) if loaded is not None else "0.0GB",
+        )
+        if record.quantization:
+            model.quantization = record.quantization
+        if loaded is not None:
+            model.device = loaded.device
+        return model
