@@ -118,7 +118,8 @@ async def test_tools_are_parsed_or_fall_back(aclient):
 
 async def test_json_object_mode(aclient):
     r = await aclient.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Give a JSON object with a key 'city' for France's capital."}],
+        model=MODEL,
+        messages=[{"role": "user", "content": "Give a JSON object with a key 'city' for France's capital."}],
         response_format={"type": "json_object"}, temperature=0, max_tokens=40,
     )
     assert isinstance(json.loads(r.choices[0].message.content), dict)

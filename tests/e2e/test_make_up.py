@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 import httpx
+
 from llmlab.devstack import free_port, port_open
 
 ROOT = Path(__file__).resolve().parents[2]

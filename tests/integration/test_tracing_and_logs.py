@@ -4,15 +4,16 @@ import json
 
 import grpc
 import structlog
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
 from llmlab.experiments.v1 import experiments_service_pb2 as pb
 from llmlab.experiments.v1 import experiments_service_pb2_grpc as pb_grpc
 from llmlab.runtime.context import request_id_var
 from llmlab.runtime.interceptors import PropagatingClientInterceptor
 from llmlab.runtime.logs import configure_logging
 from llmlab.runtime.tracing import make_tracer_provider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
 
 
 async def test_trace_context_and_request_id_propagate(experiments_app):
