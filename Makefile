@@ -52,8 +52,7 @@ vendor: $(VENV)/.installed
 lint: setup gen
 	$(BUF) lint
 	$(VENV)/bin/ruff check .
-	$(PY) gateway/render.py --mode local --out /dev/null --validate
-	$(PY) gateway/render.py --mode kubernetes --out /dev/null
+	$(PY) gateway/validate.py
 
 test: lint model
 	LLMLAB_REQUIRE_MODEL=1 $(VENV)/bin/pytest $(PYTEST_ARGS)

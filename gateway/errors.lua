@@ -1,5 +1,5 @@
--- errors.lua: the gateway's first HTTP filter. It strips client-sent x-llmlab-* headers, records the API family,
--- the original path and x-request-id, and rewrites every error response (status >= 400) into its family's body:
+-- errors.lua: the gateway's first HTTP filter. It records the API family of the original path and x-request-id,
+-- and rewrites every error response (status >= 400) into its family's body:
 -- service errors (google.rpc.Status JSON from convert_grpc_status, with ErrorInfo / Struct / BadRequest details;
 -- protos/README.md "Errors"), ext_authz denials and Envoy's own local replies. Successful responses are never
 -- buffered, so SSE streams through untouched.
@@ -195,6 +195,7 @@ local function parse(raw)
       end
       return e
     end
+    if ok then return e end                 -- some other JSON: no message worth showing
   end
   -- Envoy's plain-text replies: keep the first line ("id: invalid value ...", not the JSON parser's caret).
   local text = string.match(raw, "^%s*([^\n]-)%s*\n") or string.match(raw, "^%s*(.-)%s*$")
@@ -309,17 +310,11 @@ local function family_of(path)
   return "research"
 end
 
+-- Client-sent x-llmlab-* headers are already gone: the listener's early header mutation drops them (render.py).
 function envoy_on_request(h)
   local hd = h:headers()
-  local strip
-  for k in pairs(hd) do
-    if find(k, "x-llmlab-", 1, true) == 1 then strip = strip or {}; strip[#strip + 1] = k end
-  end
-  if strip then for i = 1, #strip do hd:remove(strip[i]) end end
-  local path = hd:get(":path") or "/"
   local md = h:streamInfo():dynamicMetadata()
-  md:set(NS, "family", family_of(path))
-  md:set(NS, "path", path)
+  md:set(NS, "family", family_of(hd:get(":path") or "/"))  -- the original path, before transcoding rewrites it
   md:set(NS, "request_id", hd:get("x-request-id") or "")
 end
 

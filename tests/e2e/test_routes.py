@@ -135,6 +135,7 @@ async def test_route_reaches_its_rpc(http, route):
     r = await http.request(route.method, route.url, **kwargs)
     assert r.status_code not in (502, 503), r.text
     body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+    body = body if isinstance(body, dict) else {}
     message = error_message(body)
     assert not message.startswith("Could not resolve"), f"{route.method} {route.url} did not reach {route.rpc}"
     if r.status_code == 501:
