@@ -7,6 +7,7 @@ import pathlib
 from llmlab.runtime import ServiceApp, ServiceSpec
 
 from .internal_servicer import InferenceServicer
+from .model_servicer import ModelServicer
 from .models import ModelManager
 from .native_servicer import NativeServicer
 from .openai_servicer import OpenAIServicer
@@ -29,6 +30,7 @@ async def setup(app: ServiceApp) -> None:
             "OpenAIService": OpenAIServicer(models, usage),
             "NativeService": NativeServicer(models, usage),
             "InferenceService": InferenceServicer(models, usage),
+            "ModelService": ModelServicer(models, usage),
         },
     )
 
