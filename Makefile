@@ -9,7 +9,8 @@ ENVOY := .venv-envoy/bin/envoy
 BUF := node_modules/.bin/buf
 PYTEST_ARGS ?=
 
-.PHONY: help setup gen model lint test test-unit test-integration test-e2e up bench bench-gateway bench-engine bench-inference vendor clean
+.PHONY: help setup gen model lint test test-unit test-integration test-e2e up bench bench-gateway bench-engine \
+	bench-inference bench-peers vendor clean
 
 help:
 	@echo "make up      start the whole platform (prints the gateway URL; Ctrl-C stops it)"
@@ -74,10 +75,18 @@ bench: bench-gateway bench-engine bench-inference
 bench-gateway: setup gen
 	$(PY) bench/gateway.py
 
+# Peers for bench-inference in their own venv: llama-cpp-python (may compile for ~13 min) and onnxruntime-genai.
+bench-peers: .venv-bench/.installed
+
+.venv-bench/.installed:
+	$(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/pip install --quiet llama-cpp-python onnxruntime-genai numpy tokenizers
+	touch $@
+
 bench-engine: setup gen model
 	$(PY) bench/engine.py
 
-bench-inference: setup gen model
+bench-inference: setup gen model bench-peers
 	$(PY) bench/inference.py
 
 clean:

