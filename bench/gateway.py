@@ -9,24 +9,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 import time
-import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "gen"), str(ROOT / "libs"), str(ROOT)]
 
-import asyncpg  # noqa: E402
 import grpc  # noqa: E402
 
-from llmlab.devstack import free_port  # noqa: E402
-from llmlab.devstack.platform import PlatformConfig, platform_supervisor  # noqa: E402
 from llmlab.experiments.v1 import experiments_service_pb2 as pb  # noqa: E402
 from llmlab.experiments.v1 import experiments_service_pb2_grpc as pb_grpc  # noqa: E402
-from llmlab.runtime.settings import SERVICES  # noqa: E402
 
 
 class KeepAliveClient:
@@ -84,27 +78,8 @@ async def main() -> int:
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
 
-    database_url = os.environ.get("LLMLAB_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
-    redis_url = os.environ.get("LLMLAB_REDIS_URL", "redis://127.0.0.1:6379/0")
-    prefix = f"bench_{uuid.uuid4().hex[:8]}"
-    ports = {svc: free_port() for svc in SERVICES}
-    cfg = PlatformConfig(
-        database_url=database_url,
-        redis_url=redis_url,
-        gateway_port=free_port(),
-        admin_port=free_port(),
-        service_ports=ports,
-        log_format="json",
-        env={
-            **{f"LLMLAB_{s.upper()}_DB_SCHEMA": f"{prefix}_{s}" for s in SERVICES},
-            "LLMLAB_REDIS_PREFIX": prefix,
-            "LLMLAB_LOG_LEVEL": "warning",
-        },
-    )
-    quiet = open(os.devnull, "w")  # noqa: ASYNC230 - once, before timing: the services' logs would drown the figures
-    supervisor = platform_supervisor(cfg, output=quiet)
-    await supervisor.start()
-    try:
+    async with running_platform() as cfg:
+        ports = cfg.service_ports
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{ports['experiments']}")
         stub = pb_grpc.ExperimentServiceStub(channel)
         created = await stub.CreateExperiment(pb.CreateExperimentRequest(
@@ -141,15 +116,6 @@ async def main() -> int:
         finally:
             http.close()
         await channel.close()
-    finally:
-        await supervisor.stop()
-        quiet.close()
-        conn = await asyncpg.connect(database_url)
-        try:
-            for svc in SERVICES:
-                await conn.execute(f'DROP SCHEMA IF EXISTS "{prefix}_{svc}" CASCADE')
-        finally:
-            await conn.close()
     return 0
 
 
