@@ -19,6 +19,7 @@ sys.path[:0] = [str(ROOT / "gen"), str(ROOT / "libs"), str(ROOT), str(ROOT / "be
 
 import grpc  # noqa: E402
 from _stack import running_platform  # noqa: E402
+
 from llmlab.experiments.v1 import experiments_service_pb2 as pb  # noqa: E402
 from llmlab.experiments.v1 import experiments_service_pb2_grpc as pb_grpc  # noqa: E402
 
