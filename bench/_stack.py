@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "gen"), str(ROOT / "libs"), str(ROOT)]
 
 import asyncpg  # noqa: E402
+
 from llmlab.devstack import free_port  # noqa: E402
 from llmlab.devstack.platform import PlatformConfig, platform_supervisor  # noqa: E402
 from llmlab.runtime.settings import SERVICES  # noqa: E402
@@ -38,7 +39,7 @@ async def running_platform(**env: str) -> AsyncIterator[PlatformConfig]:
             **env,
         },
     )
-    quiet = open(os.devnull, "w")  # noqa: SIM115
+    quiet = open(os.devnull, "w")
     supervisor = platform_supervisor(cfg, output=quiet)
     try:
         await supervisor.start()

@@ -25,6 +25,7 @@ sys.path[:0] = [str(ROOT / "gen"), str(ROOT / "libs"), str(ROOT), str(ROOT / "be
 import httpx  # noqa: E402
 from _stack import running_platform  # noqa: E402
 from prompts import BATCH, LONG  # noqa: E402
+
 from services.inference.importer import default_cache_dir  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"

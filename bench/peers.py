@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from prompts import BATCH, LONG  # noqa: E402
+from prompts import BATCH, LONG
 
 
 def chat(template_user: str) -> str:

@@ -14,7 +14,13 @@ Contracts with the services:
   should be a ``google.rpc.Status`` JSON (like ``convert_grpc_status`` writes) so it gets the family's error shape.
 - ratelimit: domain ``llmlab``, one descriptor per request with entries ``family`` (lab, research, serving,
   native or ops; set by the Lua filter), ``path`` (the gRPC method path ``/llmlab.<svc>.v1.<Service>/<Method>``:
-  bounded, no ids or query strings) and ``principal`` (``x-llmlab-principal``, omitted when absent).
+  bounded, no ids or query strings), ``principal`` (``x-llmlab-principal``) and ``limits`` (``x-llmlab-limits``,
+  the principal's limits as ext_authz resolved them); without the last two there is no descriptor and no call
+  (public routes, unlimited principals). The service's answer carries the X-RateLimit-* headers itself (epoch
+  resets, seed 003's -Requests/-Tokens on /v1) and, when over the limit, a google.rpc.Status body for the Lua
+  filter.
+- ``auth=False`` (``--no-auth``) renders the same gateway without ext_authz and ratelimit: for measuring what they
+  cost (bench/auth.py), never for serving.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ MIB = 1024 * 1024
 UPLOAD_PREFIXES = ("/v1/files", "/files/uploads", "/uploads")
 LUA_NAMESPACE = "llmlab.gateway"  # dynamic metadata the Lua filter writes (family, request_id)
 PACKAGE_RE = re.compile(r"^llmlab\.([a-z0-9_]+)\.v1$")
+AUTH_FILTERS = ("envoy.filters.http.ext_authz", "envoy.filters.http.ratelimit")
 
 
 @dataclasses.dataclass
@@ -72,6 +79,7 @@ class GatewayConfig:
     otlp_endpoint: str | None = None  # "host:port" or "http://host:port" of an OTLP/gRPC collector
     trace_sampling_percent: float = 100.0
     access_log: bool = True
+    auth: bool = True  # ext_authz + ratelimit; False only for benchmarks
 
     def __post_init__(self) -> None:
         if self.mode not in ("local", "kubernetes"):
@@ -226,13 +234,10 @@ def _rate_limits() -> list[dict]:
                     }
                 },
                 {"request_headers": {"header_name": ":path", "descriptor_key": "path"}},
-                {
-                    "request_headers": {
-                        "header_name": "x-llmlab-principal",
-                        "descriptor_key": "principal",
-                        "skip_if_absent": True,
-                    }
-                },
+                # Without these two headers (public routes, principals without limits) no descriptor is made and
+                # the rate-limit service is not called at all.
+                {"request_headers": {"header_name": "x-llmlab-principal", "descriptor_key": "principal"}},
+                {"request_headers": {"header_name": "x-llmlab-limits", "descriptor_key": "limits"}},
             ]
         }
     ]
@@ -307,7 +312,8 @@ def _cors(cfg: GatewayConfig) -> dict:
         "allow_headers": "authorization, content-type, x-api-key, x-request-id, accept, cache-control, "
         "last-event-id, traceparent, tracestate, *",
         "expose_headers": "x-request-id, retry-after, x-ratelimit-limit, x-ratelimit-remaining, x-ratelimit-reset, "
-        "content-disposition",
+        "x-ratelimit-limit-requests, x-ratelimit-limit-tokens, x-ratelimit-remaining-requests, "
+        "x-ratelimit-remaining-tokens, x-ratelimit-reset-requests, x-ratelimit-reset-tokens, content-disposition",
         "max_age": "86400",
         "allow_credentials": not wildcard,
     }
@@ -408,6 +414,8 @@ def build(cfg: GatewayConfig) -> dict:
                 "failure_mode_allow": False,
                 "status_on_error": {"code": "ServiceUnavailable"},  # auth down is a 503, not the default 403
                 "grpc_service": {"envoy_grpc": {"cluster_name": "auth"}, "timeout": "1s"},
+                # The Lua filter's `family`, so that a denial can be worded for the caller's API family.
+                "metadata_context_namespaces": [LUA_NAMESPACE],
             },
         },
         {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": transcoder},
@@ -418,7 +426,6 @@ def build(cfg: GatewayConfig) -> dict:
                 "domain": "llmlab",
                 "timeout": "0.25s",
                 "failure_mode_deny": False,
-                "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
                 "rate_limit_service": {
                     "transport_api_version": "V3",
                     "grpc_service": {"envoy_grpc": {"cluster_name": "auth"}},
@@ -430,6 +437,8 @@ def build(cfg: GatewayConfig) -> dict:
             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
         },
     ]
+    if not cfg.auth:
+        http_filters = [f for f in http_filters if f["name"] not in AUTH_FILTERS]
     hcm: dict = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
         "HttpConnectionManager",
@@ -600,6 +609,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--otlp-endpoint")
     p.add_argument("--xff-num-trusted-hops", type=int, default=0)
     p.add_argument("--no-access-log", action="store_true")
+    p.add_argument("--no-auth", action="store_true", help="without ext_authz and ratelimit (benchmarks only)")
     p.add_argument("--validate", action="store_true", help="check the result with envoy --mode validate")
     a = p.parse_args(argv)
     cfg = GatewayConfig(
@@ -618,6 +628,7 @@ def main(argv: list[str] | None = None) -> int:
         otlp_endpoint=a.otlp_endpoint,
         xff_num_trusted_hops=a.xff_num_trusted_hops,
         access_log=not a.no_access_log,
+        auth=not a.no_auth,
     )
     text = render(cfg)
     if a.out:

@@ -13,12 +13,12 @@ MODEL = "smollm2-135m-instruct"
 
 @pytest.fixture(scope="module")
 def client(platform) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{platform.gateway_url}/v1", api_key="sk-not-needed-yet", max_retries=0)
+    return openai.OpenAI(base_url=f"{platform.gateway_url}/v1", api_key=platform.api_key, max_retries=0)
 
 
 @pytest.fixture(scope="module")
 def aclient(platform) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=f"{platform.gateway_url}/v1", api_key="sk-not-needed-yet", max_retries=0)
+    return openai.AsyncOpenAI(base_url=f"{platform.gateway_url}/v1", api_key=platform.api_key, max_retries=0)
 
 
 async def test_models_list_and_retrieve(aclient):
@@ -94,7 +94,7 @@ def test_sync_sdk_and_langchain(client, platform):
     assert r.choices[0].message.content
     from langchain_openai import ChatOpenAI
 
-    llm = ChatOpenAI(model=MODEL, base_url=f"{platform.gateway_url}/v1", api_key="sk-x", temperature=0,
+    llm = ChatOpenAI(model=MODEL, base_url=f"{platform.gateway_url}/v1", api_key=platform.api_key, temperature=0,
                      max_tokens=16, max_retries=0)
     reply = llm.invoke("What is the capital of France? Answer in one word.")
     assert reply.content and "paris" in reply.content.lower()
@@ -159,11 +159,10 @@ async def test_sdk_raises_typed_errors(aclient):
 
 async def test_cancelled_stream_frees_its_slot(platform, http, aclient):
     """A client that goes away mid-stream must not keep decoding: the engine's active count returns to zero."""
-    async with httpx.AsyncClient(base_url=platform.gateway_url, timeout=30) as raw, raw.stream(
-        "POST", "/v1/chat/completions",
-        json={"model": MODEL, "messages": [{"role": "user", "content": "Tell a very long story."}],
-              "max_tokens": 2000, "stream": True},
-    ) as response:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Tell a very long story."}], "max_tokens": 2000,
+            "stream": True}
+    async with httpx.AsyncClient(base_url=platform.gateway_url, timeout=30, headers=platform.auth_headers) as raw, \
+            raw.stream("POST", "/v1/chat/completions", json=body) as response:
         async for line in response.aiter_lines():
             if line.startswith("data: {"):
                 break

@@ -3,6 +3,7 @@ prints the gateway URL, serves requests, and stops everything on SIGTERM."""
 
 import asyncio
 import os
+import secrets
 import shutil
 import signal
 import sys
@@ -18,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 async def test_up_with_embedded_datastores_then_sigterm():
     data_dir = Path(tempfile.mkdtemp(prefix="llmlab-up-"))
+    admin_password = secrets.token_urlsafe(18)
     data_dir.chmod(0o755)  # the embedded Postgres runs as the postgres account
     ports = {name: free_port() for name in ("gateway", "admin", "pg", "redis", "dead_pg", "dead_redis",
                                             "auth", "experiments", "inference", "metrics", "analytics", "files")}
@@ -32,6 +34,9 @@ async def test_up_with_embedded_datastores_then_sigterm():
         "LLMLAB_GATEWAY_ADMIN_PORT": str(ports["admin"]),
         **{f"LLMLAB_{s.upper()}_PORT": str(ports[s])
            for s in ("auth", "experiments", "inference", "metrics", "analytics", "files")},
+        # The first admin comes from the settings (README "First admin and API keys").
+        "LLMLAB_AUTH_ADMIN_USERNAME": "admin",
+        "LLMLAB_AUTH_ADMIN_PASSWORD": admin_password,
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(ROOT / "scripts" / "up.py"), env=env, cwd=ROOT,
@@ -55,6 +60,10 @@ async def test_up_with_embedded_datastores_then_sigterm():
         assert any("starting an embedded server" in line for line in output if "postgres" in line)
         assert any("starting an embedded server" in line for line in output if "redis" in line)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{ports['gateway']}", timeout=30) as http:
+            assert (await http.get("/api/health")).status_code == 401
+            token = await http.post("/auth/token", json={"username": "admin", "password": admin_password})
+            assert token.status_code == 200, token.text
+            http.headers["authorization"] = f"Bearer {token.json()['access_token']}"
             health = (await http.get("/api/health")).json()
             assert health["data"]["status"] == "healthy", health
             created = await http.post("/api/experiments", json={"name": "up", "model": "m", "prompt": "p"})

@@ -79,10 +79,15 @@ def _counter(text: str, family: str, **labels: str) -> float:
 
 
 async def test_ext_authz_and_ratelimit_are_asked_for_every_routed_request(http):
+    limited = await http.post("/v1/auth/api-keys", json={"name": "ops", "permissions": ["experiments:read"],
+                                                         "rate_limit": {"requests_per_minute": 100}})
+    headers = {"authorization": f"Bearer {limited.json()['api_key']}"}
     before = (await http.get("/metrics")).text
     for _ in range(3):
-        assert (await http.get("/api/experiments")).status_code == 200
+        assert (await http.get("/api/experiments", headers=headers)).status_code == 200
     after = (await http.get("/metrics")).text
-    # 3 API calls + the /metrics call itself each pass through ext_authz.
+    # 3 API calls + the /metrics call itself each pass through ext_authz (/metrics is public).
     assert _counter(after, "authz_checks", decision="allow") - _counter(before, "authz_checks", decision="allow") >= 4
+    assert _counter(after, "authz_checks", reason="public") - _counter(before, "authz_checks", reason="public") >= 1
+    # The rate-limit service is asked for principals that have limits (the admin's key has none).
     assert _counter(after, "ratelimit_checks", code="OK") - _counter(before, "ratelimit_checks", code="OK") >= 3

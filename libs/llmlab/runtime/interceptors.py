@@ -16,7 +16,14 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from . import tracing
-from .context import new_request_id, principal_var, request_id_var
+from .context import (
+    PERMISSIONS_HEADER,
+    PRINCIPAL_HEADER,
+    new_request_id,
+    permissions_var,
+    principal_var,
+    request_id_var,
+)
 from .errors import DOMAIN, HTTP_STATUS, INTERNAL_MESSAGE, DomainError, Unimplemented
 from .httprules import http_route
 from .metrics import ServiceMetrics
@@ -24,8 +31,11 @@ from .metrics import ServiceMetrics
 log = structlog.get_logger(__name__)
 
 # Health, reflection and service-info probes stay out of traces, logs and request metrics (they would drown
-# the real traffic, and a probe must not count itself as an active request).
-_UNOBSERVED = ("/grpc.health.v1.", "/grpc.reflection.", "/llmlab.common.v1.ServiceInfoService/")
+# the real traffic, and a probe must not count itself as an active request). So do the gateway's per-request
+# ext_authz and rate-limit callouts: Envoy's access log and the auth service's own counters record them, and the
+# span, log line and metrics would double what every request costs.
+_UNOBSERVED = ("/grpc.health.v1.", "/grpc.reflection.", "/llmlab.common.v1.ServiceInfoService/",
+               "/envoy.service.auth.v3.Authorization/", "/envoy.service.ratelimit.v3.RateLimitService/")
 
 
 def _internal_trailers() -> tuple[tuple[str, bytes], ...]:
@@ -97,7 +107,8 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
     async def _observe(self, method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[_Call]:
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
         rid_token = request_id_var.set(metadata.get("x-request-id") or new_request_id())
-        principal_token = principal_var.set(metadata.get("x-llmlab-principal", ""))
+        principal_token = principal_var.set(metadata.get(PRINCIPAL_HEADER, ""))
+        permissions_token = permissions_var.set(metadata.get(PERMISSIONS_HEADER, ""))
         route = http_route(method)
         verb, path = route if route else ("GRPC", method)
         rpc_service, _, rpc_method = method.lstrip("/").partition("/")
@@ -156,6 +167,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
                 )
                 request_id_var.reset(rid_token)
                 principal_var.reset(principal_token)
+                permissions_var.reset(permissions_token)
 
     async def _abort(
         self, context: grpc.aio.ServicerContext, call: _Call, span: trace.Span, exc: DomainError
@@ -181,7 +193,10 @@ class PropagatingClientInterceptor(
             carrier["x-request-id"] = rid
         principal = principal_var.get()
         if principal:
-            carrier["x-llmlab-principal"] = principal
+            carrier[PRINCIPAL_HEADER] = principal
+            permissions = permissions_var.get()
+            if permissions:
+                carrier[PERMISSIONS_HEADER] = permissions
         metadata = grpc.aio.Metadata(*(details.metadata or ()))
         for k, v in carrier.items():
             metadata[k] = v

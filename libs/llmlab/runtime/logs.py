@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any
 
@@ -12,6 +13,10 @@ from opentelemetry import trace
 from .context import principal_var, request_id_var
 
 _SECRET_KEYS = ("password", "secret", "token", "authorization", "api_key", "apikey", "cookie", "x-api-key")
+# Credentials that end up inside a value (an error text, a header list): API keys, JWTs, bearer credentials.
+_SECRET_VALUES = re.compile(
+    r"\bsk-[A-Za-z0-9_-]{8,}|\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*|(?i:bearer)\s+\S+"
+)
 
 
 def _add_request_context(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -35,11 +40,13 @@ def _redact(value: Any, key: str = "") -> Any:
         return {k: _redact(v, str(k)) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_redact(v) for v in value]
+    if isinstance(value, str):
+        return _SECRET_VALUES.sub("[redacted]", value)
     return value
 
 
 def _redact_secrets(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
-    return {k: (v if k == "event" else _redact(v, k)) for k, v in event.items()}
+    return {k: (_redact(v) if k == "event" else _redact(v, k)) for k, v in event.items()}
 
 
 def configure_logging(service: str, level: str = "info", fmt: str = "json") -> structlog.stdlib.BoundLogger:

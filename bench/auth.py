@@ -1,0 +1,174 @@
+"""What ext_authz + ratelimit add per request: GET /api/experiments/{id} through Envoy with and without them, one run.
+
+Starts the whole platform on free ports (as `make up` does, in throwaway schemas) plus a second Envoy rendered from
+the same config without the two filters (`gateway/render.py --no-auth`) in front of the same services. Measures
+p50/p99 latency and throughput at concurrency 1 and 16 for: no auth filters; an API key without limits (Check, and a
+ShouldRateLimit that has nothing to count); an API key with limits (Check plus the atomic Redis script); a JWT.
+Usage: python bench/auth.py [--requests N] [--concurrency 1,16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "gen"), str(ROOT / "libs"), str(ROOT), str(ROOT / "bench")]
+
+import grpc  # noqa: E402
+import httpx  # noqa: E402
+from _stack import running_platform  # noqa: E402
+
+from gateway.render import GatewayConfig, render  # noqa: E402
+from llmlab.devstack import free_port  # noqa: E402
+from llmlab.devstack.platform import PlatformConfig, http_status  # noqa: E402
+from llmlab.experiments.v1 import experiments_service_pb2 as pb  # noqa: E402
+from llmlab.experiments.v1 import experiments_service_pb2_grpc as pb_grpc  # noqa: E402
+
+
+class KeepAliveClient:
+    """A minimal HTTP/1.1 keep-alive GET client with fixed headers (httpx's own ~1 ms would blur the figures)."""
+
+    def __init__(self, port: int, headers: dict[str, str]) -> None:
+        self._port = port
+        self._head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def get(self, path: str) -> tuple[int, bytes]:
+        conn = self._idle.pop() if self._idle else await asyncio.open_connection("127.0.0.1", self._port)
+        reader, writer = conn
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n{self._head}\r\n".encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        body = await reader.readexactly(length)
+        self._idle.append(conn)
+        return status, body
+
+    def close(self) -> None:
+        for _, writer in self._idle:
+            writer.close()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+async def drive(call, requests: int, concurrency: int) -> tuple[list[float], float]:  # type: ignore[no-untyped-def]
+    latencies: list[float] = []
+    remaining = iter(range(requests))
+
+    async def worker() -> None:
+        for _ in remaining:
+            started = time.perf_counter()
+            await call()
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, time.perf_counter() - started
+
+
+async def mint_key(gateway_url: str, username: str, password: str, **body: object) -> tuple[str, str]:
+    """(access token, API key) for a user: POST /auth/token, then POST /v1/auth/api-keys with the token."""
+    async with httpx.AsyncClient(base_url=gateway_url, timeout=30) as http:
+        r = await http.post("/auth/token", json={"username": username, "password": password})
+        r.raise_for_status()
+        token = r.json()["access_token"]
+        r = await http.post("/v1/auth/api-keys", json={"name": "bench", **body},
+                            headers={"authorization": f"Bearer {token}"})
+        r.raise_for_status()
+        return token, r.json()["api_key"]
+
+
+async def envoy_without_auth(cfg: PlatformConfig, workdir: Path) -> tuple[asyncio.subprocess.Process, int]:
+    """The same gateway in front of the same services, rendered without ext_authz and ratelimit."""
+    port = free_port()
+    path = workdir / "envoy-no-auth.yaml"
+    path.write_text(render(GatewayConfig(
+        listen_port=port, admin_port=free_port(), descriptor_path=str(ROOT / "gen" / "llmlab.binpb"),
+        lua_path=str(ROOT / "gateway" / "errors.lua"), access_log=False, auth=False,
+        upstreams={svc: f"127.0.0.1:{p}" for svc, p in cfg.service_ports.items()},
+    )))
+    proc = await asyncio.create_subprocess_exec(
+        str(cfg.envoy), "-c", str(path), "--log-level", "warn", "--disable-hot-restart", "--concurrency", "2",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )
+    for _ in range(300):
+        if await http_status(port, "/healthz") == 200:
+            return proc, port
+        await asyncio.sleep(0.1)
+    proc.terminate()
+    raise RuntimeError("the second Envoy did not become ready")
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", default="1,16")
+    parser.add_argument("--warmup", type=int, default=200)
+    args = parser.parse_args()
+    levels = [int(c) for c in args.concurrency.split(",")]
+    password = secrets.token_urlsafe(18)
+
+    async with running_platform(LLMLAB_AUTH_ADMIN_PASSWORD=password) as cfg:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{cfg.service_ports['experiments']}")
+        created = await pb_grpc.ExperimentServiceStub(channel).CreateExperiment(pb.CreateExperimentRequest(
+            name="bench", model="smollm2-135m-instruct", prompt="Write a story", tags=["bench"]))
+        await channel.close()
+        path = f"/api/experiments/{created.data.experiment.id}"
+        token, open_key = await mint_key(cfg.gateway_url, "admin", password)
+        _, limited_key = await mint_key(cfg.gateway_url, "admin", password, rate_limit={
+            "requests_per_minute": 100_000_000, "tokens_per_minute": 100_000_000})
+        with tempfile.TemporaryDirectory(prefix="llmlab-bench-auth-") as tmp:
+            proc, bare_port = await envoy_without_auth(cfg, Path(tmp))
+            clients = {
+                "no auth filters": KeepAliveClient(bare_port, {}),
+                "API key, no limits": KeepAliveClient(cfg.gateway_port, {"authorization": f"Bearer {open_key}"}),
+                "API key, Redis limits": KeepAliveClient(cfg.gateway_port, {"x-api-key": limited_key}),
+                "JWT, no limits": KeepAliveClient(cfg.gateway_port, {"authorization": f"Bearer {token}"}),
+            }
+            try:
+                calls = {}
+                for name, client in clients.items():
+                    async def call(client: KeepAliveClient = client, name: str = name) -> None:
+                        status, body = await client.get(path)
+                        if status != 200:
+                            raise RuntimeError(f"{name}: gateway answered {status}: {body[:200]!r}")
+
+                    calls[name] = call
+                    await drive(call, args.warmup, 4)
+                print(f"GET /api/experiments/{{id}}: {args.requests} requests per run; one machine shared by the "
+                      "client, two Envoys and six services")
+                print(f"{'path':<24}{'conc':>5}{'p50 ms':>9}{'p99 ms':>9}{'mean ms':>9}{'req/s':>9}")
+                results: dict[tuple[str, int], tuple[float, float, float]] = {}
+                for conc in levels:
+                    for name, call in calls.items():
+                        lat, wall = await drive(call, args.requests, conc)
+                        results[(name, conc)] = (percentile(lat, 50), percentile(lat, 99), args.requests / wall)
+                        print(f"{name:<24}{conc:>5}{percentile(lat, 50):>9.2f}{percentile(lat, 99):>9.2f}"
+                              f"{statistics.fmean(lat):>9.2f}{args.requests / wall:>9.0f}")
+                for conc in levels:
+                    b50, b99, brps = results[("no auth filters", conc)]
+                    for name in list(calls)[1:]:
+                        p50, p99, rps = results[(name, conc)]
+                        print(f"ext_authz + ratelimit, {name}, concurrency {conc}: p50 +{p50 - b50:.2f} ms, "
+                              f"p99 +{p99 - b99:.2f} ms, throughput {rps / brps:.2f}x")
+            finally:
+                for client in clients.values():
+                    client.close()
+                proc.terminate()
+                await proc.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
