@@ -10,7 +10,7 @@ BUF := node_modules/.bin/buf
 PYTEST_ARGS ?=
 
 .PHONY: help setup gen model lint test test-unit test-integration test-e2e up bench bench-gateway bench-engine \
-	bench-inference bench-peers vendor clean
+	bench-inference bench-peers bench-auth vendor clean
 
 help:
 	@echo "make up      start the whole platform (prints the gateway URL; Ctrl-C stops it)"
@@ -70,7 +70,7 @@ test-e2e: setup gen model
 up: setup gen model
 	$(PY) scripts/up.py
 
-bench: bench-gateway bench-engine bench-inference
+bench: bench-gateway bench-auth bench-engine bench-inference
 
 bench-gateway: setup gen
 	$(PY) bench/gateway.py
@@ -82,6 +82,9 @@ bench-peers: .venv-bench/.installed
 	$(PYTHON) -m venv .venv-bench
 	.venv-bench/bin/pip install --quiet llama-cpp-python onnxruntime-genai numpy tokenizers
 	touch $@
+
+bench-auth: setup gen
+	$(PY) bench/auth.py
 
 bench-engine: setup gen model
 	$(PY) bench/engine.py

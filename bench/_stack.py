@@ -1,10 +1,14 @@
-"""The whole platform on free ports in throwaway schemas, for benchmarks (as `make up` runs it)."""
+"""What every benchmark shares: the whole platform on free ports in throwaway schemas (as `make up` runs it), an
+admin API key, a lean keep-alive HTTP client, and the timing loop."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import secrets
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,15 +17,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "gen"), str(ROOT / "libs"), str(ROOT)]
 
 import asyncpg  # noqa: E402
+import httpx  # noqa: E402
 
 from llmlab.devstack import free_port  # noqa: E402
 from llmlab.devstack.platform import PlatformConfig, platform_supervisor  # noqa: E402
 from llmlab.runtime.settings import SERVICES  # noqa: E402
 
+ADMIN = "admin"
+
 
 @contextlib.asynccontextmanager
 async def running_platform(**env: str) -> AsyncIterator[PlatformConfig]:
-    """Start everything quietly (the services' logs would drown the figures); drop its schemas afterwards."""
+    """Start everything quietly (the services' logs would drown the figures); drop its schemas afterwards.
+    The first admin gets a random password (`admin_password(cfg)`)."""
     database_url = os.environ.get("LLMLAB_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
     redis_url = os.environ.get("LLMLAB_REDIS_URL", "redis://127.0.0.1:6379/0")
     prefix = f"bench_{uuid.uuid4().hex[:8]}"
@@ -36,6 +44,8 @@ async def running_platform(**env: str) -> AsyncIterator[PlatformConfig]:
             **{f"LLMLAB_{s.upper()}_DB_SCHEMA": f"{prefix}_{s}" for s in SERVICES},
             "LLMLAB_REDIS_PREFIX": prefix,
             "LLMLAB_LOG_LEVEL": "warning",
+            "LLMLAB_AUTH_ADMIN_USERNAME": ADMIN,
+            "LLMLAB_AUTH_ADMIN_PASSWORD": secrets.token_urlsafe(18),
             **env,
         },
     )
@@ -53,3 +63,70 @@ async def running_platform(**env: str) -> AsyncIterator[PlatformConfig]:
                 await conn.execute(f'DROP SCHEMA IF EXISTS "{prefix}_{svc}" CASCADE')
         finally:
             await conn.close()
+
+
+def admin_password(cfg: PlatformConfig) -> str:
+    return cfg.env["LLMLAB_AUTH_ADMIN_PASSWORD"]
+
+
+async def mint_key(gateway_url: str, username: str, password: str, **body: object) -> tuple[str, str]:
+    """(access token, API key) for a user: POST /auth/token, then POST /v1/auth/api-keys with the token."""
+    async with httpx.AsyncClient(base_url=gateway_url, timeout=30) as http:
+        r = await http.post("/auth/token", json={"username": username, "password": password})
+        r.raise_for_status()
+        token = r.json()["access_token"]
+        r = await http.post("/v1/auth/api-keys", json={"name": "bench", **body},
+                            headers={"authorization": f"Bearer {token}"})
+        r.raise_for_status()
+        return token, r.json()["api_key"]
+
+
+async def admin_key(cfg: PlatformConfig) -> str:
+    """An unlimited API key of the platform's admin."""
+    return (await mint_key(cfg.gateway_url, ADMIN, admin_password(cfg)))[1]
+
+
+class KeepAliveClient:
+    """A minimal HTTP/1.1 keep-alive GET client with fixed headers (httpx's own ~1 ms would blur the figures)."""
+
+    def __init__(self, port: int, headers: dict[str, str] | None = None) -> None:
+        self._port = port
+        self._head = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def get(self, path: str) -> tuple[int, bytes]:
+        conn = self._idle.pop() if self._idle else await asyncio.open_connection("127.0.0.1", self._port)
+        reader, writer = conn
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n{self._head}\r\n".encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        body = await reader.readexactly(length)
+        self._idle.append(conn)
+        return status, body
+
+    def close(self) -> None:
+        for _, writer in self._idle:
+            writer.close()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+async def drive(call, requests: int, concurrency: int) -> tuple[list[float], float]:  # type: ignore[no-untyped-def]
+    """Run `requests` calls with `concurrency` workers; return per-call latencies (ms) and wall seconds."""
+    latencies: list[float] = []
+    remaining = iter(range(requests))
+
+    async def worker() -> None:
+        for _ in remaining:
+            started = time.perf_counter()
+            await call()
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, time.perf_counter() - started

@@ -11,82 +11,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import secrets
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "gen"), str(ROOT / "libs"), str(ROOT), str(ROOT / "bench")]
 
 import grpc  # noqa: E402
-import httpx  # noqa: E402
-from _stack import running_platform  # noqa: E402
+from _stack import KeepAliveClient, admin_password, drive, mint_key, percentile, running_platform  # noqa: E402
 
 from gateway.render import GatewayConfig, render  # noqa: E402
 from llmlab.devstack import free_port  # noqa: E402
 from llmlab.devstack.platform import PlatformConfig, http_status  # noqa: E402
 from llmlab.experiments.v1 import experiments_service_pb2 as pb  # noqa: E402
 from llmlab.experiments.v1 import experiments_service_pb2_grpc as pb_grpc  # noqa: E402
-
-
-class KeepAliveClient:
-    """A minimal HTTP/1.1 keep-alive GET client with fixed headers (httpx's own ~1 ms would blur the figures)."""
-
-    def __init__(self, port: int, headers: dict[str, str]) -> None:
-        self._port = port
-        self._head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-
-    async def get(self, path: str) -> tuple[int, bytes]:
-        conn = self._idle.pop() if self._idle else await asyncio.open_connection("127.0.0.1", self._port)
-        reader, writer = conn
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n{self._head}\r\n".encode())
-        head = await reader.readuntil(b"\r\n\r\n")
-        status = int(head.split(b" ", 2)[1])
-        length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                       if line.lower().startswith(b"content-length:")), 0)
-        body = await reader.readexactly(length)
-        self._idle.append(conn)
-        return status, body
-
-    def close(self) -> None:
-        for _, writer in self._idle:
-            writer.close()
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
-
-async def drive(call, requests: int, concurrency: int) -> tuple[list[float], float]:  # type: ignore[no-untyped-def]
-    latencies: list[float] = []
-    remaining = iter(range(requests))
-
-    async def worker() -> None:
-        for _ in remaining:
-            started = time.perf_counter()
-            await call()
-            latencies.append((time.perf_counter() - started) * 1000)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, time.perf_counter() - started
-
-
-async def mint_key(gateway_url: str, username: str, password: str, **body: object) -> tuple[str, str]:
-    """(access token, API key) for a user: POST /auth/token, then POST /v1/auth/api-keys with the token."""
-    async with httpx.AsyncClient(base_url=gateway_url, timeout=30) as http:
-        r = await http.post("/auth/token", json={"username": username, "password": password})
-        r.raise_for_status()
-        token = r.json()["access_token"]
-        r = await http.post("/v1/auth/api-keys", json={"name": "bench", **body},
-                            headers={"authorization": f"Bearer {token}"})
-        r.raise_for_status()
-        return token, r.json()["api_key"]
 
 
 async def envoy_without_auth(cfg: PlatformConfig, workdir: Path) -> tuple[asyncio.subprocess.Process, int]:
@@ -117,9 +57,9 @@ async def main() -> int:
     parser.add_argument("--warmup", type=int, default=200)
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
-    password = secrets.token_urlsafe(18)
 
-    async with running_platform(LLMLAB_AUTH_ADMIN_PASSWORD=password) as cfg:
+    async with running_platform() as cfg:
+        password = admin_password(cfg)
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{cfg.service_ports['experiments']}")
         created = await pb_grpc.ExperimentServiceStub(channel).CreateExperiment(pb.CreateExperimentRequest(
             name="bench", model="smollm2-135m-instruct", prompt="Write a story", tags=["bench"]))

@@ -11,64 +11,16 @@ import argparse
 import asyncio
 import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "gen"), str(ROOT / "libs"), str(ROOT), str(ROOT / "bench")]
 
 import grpc  # noqa: E402
-from _stack import running_platform  # noqa: E402
+from _stack import KeepAliveClient, admin_key, drive, percentile, running_platform  # noqa: E402
 
 from llmlab.experiments.v1 import experiments_service_pb2 as pb  # noqa: E402
 from llmlab.experiments.v1 import experiments_service_pb2_grpc as pb_grpc  # noqa: E402
-
-
-class KeepAliveClient:
-    """A minimal HTTP/1.1 keep-alive GET client: httpx's own per-request cost (~1 ms) would blur the figures."""
-
-    def __init__(self, port: int) -> None:
-        self._port = port
-        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
-
-    async def get(self, path: str) -> tuple[int, bytes]:
-        conn = self._idle.pop() if self._idle else await asyncio.open_connection("127.0.0.1", self._port)
-        reader, writer = conn
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
-        head = await reader.readuntil(b"\r\n\r\n")
-        status = int(head.split(b" ", 2)[1])
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":", 1)[1])
-        body = await reader.readexactly(length)
-        self._idle.append(conn)
-        return status, body
-
-    def close(self) -> None:
-        for _, writer in self._idle:
-            writer.close()
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
-
-async def drive(call, requests: int, concurrency: int) -> tuple[list[float], float]:
-    """Run `requests` calls with `concurrency` workers; return per-call latencies (ms) and wall seconds."""
-    latencies: list[float] = []
-    remaining = iter(range(requests))
-
-    async def worker() -> None:
-        for _ in remaining:
-            started = time.perf_counter()
-            await call()
-            latencies.append((time.perf_counter() - started) * 1000)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, time.perf_counter() - started
 
 
 async def main() -> int:
@@ -86,7 +38,7 @@ async def main() -> int:
         created = await stub.CreateExperiment(pb.CreateExperimentRequest(
             name="bench", model="smollm2-135m-instruct", prompt="Write a story", tags=["bench"]))
         exp_id = created.data.experiment.id
-        http = KeepAliveClient(cfg.gateway_port)
+        http = KeepAliveClient(cfg.gateway_port, {"authorization": f"Bearer {await admin_key(cfg)}"})
         try:
 
             async def via_gateway() -> None:

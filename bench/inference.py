@@ -23,17 +23,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "gen"), str(ROOT / "libs"), str(ROOT), str(ROOT / "bench")]
 
 import httpx  # noqa: E402
-from _stack import running_platform  # noqa: E402
+from _stack import admin_key, percentile, running_platform  # noqa: E402
 from prompts import BATCH, LONG  # noqa: E402
 
 from services.inference.importer import default_cache_dir  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 async def stream_once(http: httpx.AsyncClient, prompt: str, new: int, headers: dict[str, str]) -> dict:
@@ -65,7 +60,7 @@ async def stream_once(http: httpx.AsyncClient, prompt: str, new: int, headers: d
 async def ours(new: int, levels: list[int]) -> dict:
     results: dict = {}
     async with running_platform() as cfg, httpx.AsyncClient(base_url=cfg.gateway_url, timeout=300) as http:
-        headers: dict[str, str] = {}
+        headers = {"authorization": f"Bearer {await admin_key(cfg)}"}
         await stream_once(http, LONG, 8, headers)  # warm-up
         singles = [await stream_once(http, LONG, new, headers) for _ in range(3)]
         results["single"] = {

@@ -4,12 +4,16 @@ Uses the Postgres and Redis at LLMLAB_DATABASE_URL / LLMLAB_REDIS_URL when they 
 ones with their data under LLMLAB_DATA_DIR (default .data/) on LLMLAB_EMBEDDED_POSTGRES_PORT (5433) and
 LLMLAB_EMBEDDED_REDIS_PORT (6380). Ports: LLMLAB_GATEWAY_PORT (8080), LLMLAB_GATEWAY_ADMIN_PORT (9901),
 LLMLAB_<SVC>_PORT.
+
+The first admin is LLMLAB_AUTH_ADMIN_USERNAME (admin) with LLMLAB_AUTH_ADMIN_PASSWORD; without one, a random
+password is generated once, kept in <data dir>/admin-password (mode 0600) and shown at start.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import sys
 from pathlib import Path
@@ -46,6 +50,20 @@ def _split_database(url: str | None) -> tuple[str | None, str]:
     return urlunsplit(parts._replace(path="/postgres")), name
 
 
+def _admin_credentials(data_dir: Path) -> tuple[str, str, Path | None]:
+    """(username, password, file it is kept in or None when it came from the environment)."""
+    username = os.environ.get("LLMLAB_AUTH_ADMIN_USERNAME", "admin")
+    if os.environ.get("LLMLAB_AUTH_ADMIN_PASSWORD"):
+        return username, os.environ["LLMLAB_AUTH_ADMIN_PASSWORD"], None
+    path = data_dir / "admin-password"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(18) + "\n")
+    return username, path.read_text().strip(), path
+
+
 async def _stop_on(event: asyncio.Event, supervisor) -> None:  # type: ignore[no-untyped-def]
     await event.wait()
     await supervisor.stop()
@@ -66,7 +84,9 @@ async def main() -> int:
     except BaseException:
         await postgres.stop()
         raise
+    username, password, password_file = _admin_credentials(data_dir)
     cfg = PlatformConfig(
+        env={"LLMLAB_AUTH_ADMIN_USERNAME": username, "LLMLAB_AUTH_ADMIN_PASSWORD": password},
         database_url=postgres.dsn,
         redis_url=redis.url,
         gateway_port=_int_env("LLMLAB_GATEWAY_PORT", 8080),
@@ -83,9 +103,14 @@ async def main() -> int:
         await supervisor.start()
         if stop_requested.is_set():
             return 0
+        where = f"(password in {password_file})" if password_file else "(password from LLMLAB_AUTH_ADMIN_PASSWORD)"
+        login = (f"curl -s -X POST {cfg.gateway_url}/auth/token -H 'content-type: application/json' "
+                 f"-d '{{\"username\": \"{username}\", \"password\": \"'\"$(cat {password_file})\"'\"}}'"
+                 if password_file else f"curl -s -X POST {cfg.gateway_url}/auth/token -d '{{...}}'")
         print(
-            f"\nllmlab is up.\n  gateway:  {cfg.gateway_url}\n  try:      curl {cfg.gateway_url}/api/health\n"
-            f"  admin:    http://127.0.0.1:{cfg.admin_port} (Envoy)\n  Ctrl-C stops everything.\n",
+            f"\nllmlab is up.\n  gateway:  {cfg.gateway_url}\n  health:   curl {cfg.gateway_url}/health\n"
+            f"  admin:    user {username!r} {where}\n  login:    {login}\n"
+            f"  envoy:    http://127.0.0.1:{cfg.admin_port} (admin)\n  Ctrl-C stops everything.\n",
             flush=True,
         )
         await supervisor.wait()

@@ -1,0 +1,1 @@
+"""Developer scripts: stub generation, vendoring, and `make up`."""
