@@ -1,7 +1,7 @@
 """The engine on the real converted model (SmolLM2-135M-Instruct int8, the onnxruntime-genai builder's graph).
 
-The model directory comes from LLMLAB_MODEL_DIR. Without it the tests skip, unless LLMLAB_REQUIRE_MODEL=1, which
-makes a missing model a failure.
+The model directory comes from LLMLAB_MODEL_DIR, else the importer's cache (`make model`). Without a model the tests
+skip, unless LLMLAB_REQUIRE_MODEL=1 (set by `make test`), which makes a missing model a failure.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from services.inference.engine import Engine, EngineConfig, collect
+from services.inference.importer import default_cache_dir
 from services.inference.types import GenerationRequest, SamplingParams
 
 QUESTIONS = [
@@ -26,7 +27,7 @@ QUESTIONS = [
 
 def model_dir() -> pathlib.Path:
     value = os.environ.get("LLMLAB_MODEL_DIR", "")
-    path = pathlib.Path(value) if value else None
+    path = pathlib.Path(value) if value else default_cache_dir() / "smollm2-135m-instruct"
     if path is None or not (path / "model.onnx").exists():
         message = f"no converted model (LLMLAB_MODEL_DIR={value!r})"
         if os.environ.get("LLMLAB_REQUIRE_MODEL") == "1":

@@ -1,10 +1,12 @@
 """The continuous-batching engine: one scheduler task, model steps in a worker thread, per-request sampling.
 
-Each scheduler iteration plans one step on the event loop (admissions, which kind of step) and runs it in a
-dedicated worker thread: a batched prefill of newly admitted prompts, one chunk of a long prompt's prefill, or one
-decode step over every running sequence. Kinds of step take turns, so arrivals join the running batch between decode
-steps without stalling it. Decoding sequences occupy KV slots 0..n; when one leaves, the last one moves into its
-slot, so a decode step always binds one contiguous slice of the cache.
+The scheduler task plans on the event loop (admissions from the wait queue, which kind of step comes next) and runs
+the step in a dedicated worker thread: a batched prefill of newly admitted prompts, one chunk of a long prompt's
+prefill, or decode steps over every running sequence. Kinds of step take turns, so arrivals join the running batch
+between decode steps without stalling it. Decode steps repeat inside the worker for as long as nothing waits for a
+slot (no trip through the event loop per token), with each step's text and events rendered in a helper thread while
+the next step runs. Decoding sequences occupy KV slots 0..n; when one leaves, the last one moves into its slot, so a
+decode step always binds one contiguous slice of the cache.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import collections
 import concurrent.futures
 import logging
 import os
+import queue
+import threading
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +35,7 @@ log = logging.getLogger(__name__)
 
 _MAX_TOP_LOGPROBS = 20
 _RATE_WINDOW_S = 10.0
+_RATE_SAMPLE_S = 0.25
 
 
 @dataclass
@@ -46,6 +51,7 @@ class EngineConfig:
     device: str = "cpu"
     threads: int | None = None  # intra-op threads; default: every core
     kv_backend: str | None = None  # "numpy" (host) or "ortvalue" (device memory); default by device
+    warmup: bool = True  # run a full-size prefill and a decode step at start()
 
 
 @dataclass
@@ -93,7 +99,7 @@ class _Plan:
 
 class _BatchCore:
     """The batch state and the steps over it. `plan` runs on the event loop, `execute` in the worker thread; the
-    scheduler awaits each step, so the two never run at the same time."""
+    scheduler awaits each step, so the two never run at the same time. Consumers only ever set `cancelled`."""
 
     def __init__(self, runner: ModelRunner, tokenizer: ModelTokenizer, config: EngineConfig) -> None:
         self.runner = runner
@@ -105,7 +111,17 @@ class _BatchCore:
         self.steps = 0
         self.tokens_generated = 0
         self.requests_finished = 0
-        self.rate: collections.deque[tuple[float, int]] = collections.deque()
+        # (time, tokens generated so far), sampled a few times a second over the rate window, for stats()
+        self.rate: collections.deque[tuple[float, int]] = collections.deque(
+            [(time.perf_counter(), 0)], maxlen=int(_RATE_WINDOW_S / _RATE_SAMPLE_S) + 1
+        )
+        self._lock = threading.Lock()
+        self._helper: _Helper | None = None
+
+    def close(self) -> None:
+        if self._helper is not None:
+            self._helper.close()
+            self._helper = None
 
     @property
     def active(self) -> int:
@@ -159,7 +175,18 @@ class _BatchCore:
 
     # -- steps (worker thread) ---------------------------------------------------------------------------------------
 
-    def execute(self, plan: _Plan) -> list[tuple[_Sequence, GenerationEvent]]:
+    def execute(
+        self,
+        plan: _Plan,
+        emit: Callable[[list[tuple[_Sequence, GenerationEvent]]], None],
+        interrupted: Callable[[int], bool],
+    ) -> list[tuple[_Sequence, GenerationEvent]]:
+        """Run the planned step and return its events.
+
+        A decode step repeats here, handing each step's events to `emit`, for as long as the batch runs undisturbed
+        (`interrupted(active)` is false: nothing waits for a free slot, no long prompt is half prefilled, no stop).
+        Going back to the event loop between such steps would only add its latency to every token.
+        """
         events: list[tuple[_Sequence, GenerationEvent]] = []
         try:
             self._reap(events)
@@ -168,17 +195,22 @@ class _BatchCore:
             elif plan.kind == "chunk":
                 self._chunk(plan.admitted, events)
             elif plan.kind == "decode":
-                self._decode(events)
+                self._decode_loop(events, emit, interrupted)
         except Exception as exc:
             log.exception("engine step failed; failing the sequences in it")
             self.fail_all(events, exc)
         return events
 
     def fail_all(
-        self, events: list[tuple[_Sequence, GenerationEvent]], exc: BaseException, reason: str = "error"
+        self,
+        events: list[tuple[_Sequence, GenerationEvent]],
+        exc: BaseException,
+        reason: str = "error",
+        extra: Iterable[_Sequence] = (),
     ) -> None:
+        """End every sequence holding a slot (and `extra` ones) with `reason`; the batch starts empty again."""
         now = time.perf_counter()
-        for seq in [*self.decoding, *([self.staged] if self.staged is not None else [])]:
+        for seq in [*self.decoding, *([self.staged] if self.staged is not None else []), *extra]:
             if not seq.finished:
                 seq.finished = True
                 events.append((seq, self._final(seq, GenerationEvent(), reason, now, error=_describe(exc))))
@@ -205,7 +237,7 @@ class _BatchCore:
         holes = sorted(s.slot for s in self.decoding if s.finished and s.slot < n)
         movers = [s for s in alive if s.slot >= n]
         for hole, seq in zip(holes, movers, strict=True):
-            self.runner.kv.move(seq.slot, hole, seq.length)
+            self.runner.move(seq.slot, hole, seq.length)
             seq.slot = hole
         for seq in self.decoding:
             if seq.finished:
@@ -258,21 +290,65 @@ class _BatchCore:
         self.decoding.append(seq)
         self._sample([seq], logits[None, :], events)
 
-    def _decode(self, events: list[tuple[_Sequence, GenerationEvent]]) -> None:
-        seqs = self.decoding
-        if not seqs:
-            return
-        tokens = np.fromiter((s.next_token for s in seqs), dtype=np.int64, count=len(seqs))
-        lengths = np.fromiter((s.length for s in seqs), dtype=np.int64, count=len(seqs))
+    def _decode_loop(
+        self,
+        out: list[tuple[_Sequence, GenerationEvent]],
+        emit: Callable[[list[tuple[_Sequence, GenerationEvent]]], None],
+        interrupted: Callable[[int], bool],
+    ) -> None:
+        """Decode steps, pipelined: the text and events of step t are rendered in a helper thread while step t+1
+        runs (the model releases the GIL). Between two model runs only sampling, bookkeeping and input binding
+        happen: after each run the CPU caches are cold, and every Python line there costs ten times its usual.
+
+        A stop sequence is only seen when a step is rendered, so a sequence that stopped on one keeps its row in
+        the step already running; that row's output is dropped.
+        """
+        if self._helper is None:
+            self._helper = _Helper()
+        helper = self._helper
+        pending: tuple[list[_Sequence], list[SampledToken | BaseException], float] | None = None
+        events: list[tuple[_Sequence, GenerationEvent]] = []  # not yet handed out
         try:
-            logits = self.runner.decode(tokens, lengths)
-        except Exception as exc:
-            log.exception("decode step over %d sequences failed", len(seqs))
-            self._fail(list(seqs), exc, events)
-            return
-        for seq in seqs:
-            seq.length += 1
-        self._sample(seqs, logits, events)
+            first = True
+            while True:
+                self._reap(events)
+                if any(s.finished for s in self.decoding):
+                    self._compact()
+                if not self.decoding or (not first and (self.staged is not None or interrupted(self.active))):
+                    break
+                first = False
+                seqs = list(self.decoding)
+                tokens = np.fromiter((s.next_token for s in seqs), dtype=np.int64, count=len(seqs))
+                lengths = np.fromiter((s.length for s in seqs), dtype=np.int64, count=len(seqs))
+                helper.prepare(self._render_and_emit, pending, events, emit)
+                pending, events = None, []
+                try:
+                    logits = self.runner.decode(tokens, lengths, helper.start)
+                except Exception as exc:
+                    helper.finish()
+                    log.exception("decode step over %d sequences failed", len(seqs))
+                    self._fail(seqs, exc, events)
+                    continue
+                helper.finish()
+                for seq in seqs:
+                    seq.length += 1
+                live = [s for s in seqs if not s.finished]  # a stop sequence may have ended some at the last render
+                if len(live) < len(seqs):
+                    logits = logits[[i for i, s in enumerate(seqs) if not s.finished]]
+                pending = (live, *self._choose(live, logits))
+        finally:
+            if pending is not None:
+                out.extend(self._render(*pending))
+            out.extend(events)
+
+    def _render_and_emit(
+        self,
+        pending: tuple[list[_Sequence], list[SampledToken | BaseException], float] | None,
+        early: list[tuple[_Sequence, GenerationEvent]],
+        emit: Callable[[list[tuple[_Sequence, GenerationEvent]]], None],
+    ) -> None:
+        events = self._render(*pending) if pending is not None else []
+        emit(events + early)
 
     def _drop_cancelled(
         self, seqs: list[_Sequence], events: list[tuple[_Sequence, GenerationEvent]]
@@ -290,62 +366,77 @@ class _BatchCore:
     def _fail(self, seqs: list[_Sequence], exc: BaseException, events: list[tuple[_Sequence, GenerationEvent]]) -> None:
         now = time.perf_counter()
         for seq in seqs:
-            seq.finished = True
-            events.append((seq, self._final(seq, GenerationEvent(), "error", now, error=_describe(exc))))
+            if not seq.finished:  # one that a stop sequence ended has had its final event
+                seq.finished = True
+                events.append((seq, self._final(seq, GenerationEvent(), "error", now, error=_describe(exc))))
         if any(s.slot >= 0 for s in seqs):
             self._compact()
 
     def _sample(
         self, seqs: list[_Sequence], logits: np.ndarray, events: list[tuple[_Sequence, GenerationEvent]]
     ) -> None:
+        """Choose and render one token for each of `seqs` (prefill steps, where nothing runs in parallel)."""
+        events.extend(self._render(seqs, *self._choose(seqs, logits)))
+        if any(s.finished for s in seqs):
+            self._compact()
+
+    def _choose(self, seqs: list[_Sequence], logits: np.ndarray) -> tuple[list[SampledToken | BaseException], float]:
+        """Sample the next tokens and take them into the sequences; ends those at EOS, a stop token or max_tokens."""
         vocab = self.tokenizer.vocab_size
         if logits.shape[1] > vocab:
             logits[:, vocab:] = -np.inf
         results = sample_batch(logits, [s.sampler for s in seqs])
         now = time.perf_counter()
-        finished = False
         for seq, result in zip(seqs, results, strict=True):
-            event = self._advance(seq, result, now)
-            events.append((seq, event))
-            finished = finished or seq.finished
+            if isinstance(result, BaseException):
+                seq.finished = True
+                continue
+            token = result.token_id
+            seq.generated.append(token)
+            seq.sampler.observe(token)
+            seq.next_token = token
+            if seq.t_first is None:
+                seq.t_first = now
+            if token in seq.stop_ids or len(seq.generated) >= seq.params.max_tokens:
+                seq.finished = True
         self.steps += 1
         self.tokens_generated += len(seqs)
-        self.rate.append((now, len(seqs)))
-        while self.rate and self.rate[0][0] < now - _RATE_WINDOW_S:
-            self.rate.popleft()
-        if finished:
-            self._compact()
+        if now - self.rate[-1][0] >= _RATE_SAMPLE_S:
+            self.rate.append((now, self.tokens_generated))
+        return results, now
 
-    def _advance(self, seq: _Sequence, result: SampledToken | BaseException, now: float) -> GenerationEvent:
-        """Take one sampled token into a sequence: text, stop checks, the event to stream."""
+    def _render(
+        self, seqs: list[_Sequence], results: list[SampledToken | BaseException], now: float
+    ) -> list[tuple[_Sequence, GenerationEvent]]:
+        """The events of chosen tokens: text (held back while it may start a stop sequence), logprobs, finals."""
+        events = []
+        for seq, result in zip(seqs, results, strict=True):
+            try:
+                event = self._event(seq, result, now)
+            except Exception as exc:  # a broken request fails alone
+                seq.finished = True
+                event = self._final(seq, GenerationEvent(), "error", now, error=_describe(exc))
+            events.append((seq, event))
+        return events
+
+    def _event(self, seq: _Sequence, result: SampledToken | BaseException, now: float) -> GenerationEvent:
         if isinstance(result, BaseException):
-            seq.finished = True
             return self._final(seq, GenerationEvent(), "error", now, error=_describe(result))
         token = result.token_id
-        seq.generated.append(token)
-        seq.sampler.observe(token)
-        seq.next_token = token
-        if seq.t_first is None:
-            seq.t_first = now
         event = GenerationEvent(token_ids=[token])
-        finish: str | None = None
         if token in seq.stop_ids:
-            finish = "stop"
             event.text = self._drain(seq)
-        else:
-            if result.logprob is not None:
-                event.logprobs = [self._logprob(token, result)]
-            text, stopped = seq.stop.feed(seq.detok.push((token,)))
-            event.text = text
-            if stopped:
-                finish = "stop"
-            elif len(seq.generated) >= seq.params.max_tokens:
-                finish = "length"
-                event.text += self._drain(seq)
-        if finish is None:
-            return event
-        seq.finished = True
-        return self._final(seq, event, finish, now)
+            return self._final(seq, event, "stop", now)
+        if result.logprob is not None:
+            event.logprobs = [self._logprob(token, result)]
+        event.text, stopped = seq.stop.feed(seq.detok.push((token,)))
+        if stopped:
+            seq.finished = True
+            return self._final(seq, event, "stop", now)
+        if seq.finished:  # max_tokens
+            event.text += self._drain(seq)
+            return self._final(seq, event, "length", now)
+        return event
 
     def _drain(self, seq: _Sequence) -> str:
         """Text held back at the end: an incomplete character, or a possible start of a stop sequence."""
@@ -373,8 +464,56 @@ class _BatchCore:
         event.latency_ms = (now - seq.t_submit) * 1000.0
         if seq.t_first is not None:
             event.time_to_first_token_ms = (seq.t_first - seq.t_submit) * 1000.0
-        self.requests_finished += 1
+        with self._lock:
+            self.requests_finished += 1
         return event
+
+
+class _Helper:
+    """The thread that renders a decode step while the next one runs: `prepare` a job, `start` it right before the
+    model runs, `finish` waits for it (or runs it in place if it never started). Errors are logged, never raised."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[..., None], tuple[object, ...]] | None] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[None] = queue.SimpleQueue()
+        self._job: tuple[Callable[..., None], tuple[object, ...]] | None = None
+        self._running = False
+        self._thread = threading.Thread(target=self._work, name="engine-render", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            _call(*job)
+            self._done.put(None)
+
+    def prepare(self, fn: Callable[..., None], *args: object) -> None:
+        self._job = (fn, args)
+
+    def start(self) -> None:
+        if self._job is not None:
+            self._jobs.put(self._job)
+            self._job = None
+            self._running = True
+
+    def finish(self) -> None:
+        if self._running:
+            self._done.get()
+            self._running = False
+        elif self._job is not None:
+            job, self._job = self._job, None
+            _call(*job)
+
+    def close(self) -> None:
+        self.finish()
+        self._jobs.put(None)
+        self._thread.join()
+
+
+def _call(fn: Callable[..., None], args: tuple[object, ...]) -> None:
+    try:
+        fn(*args)
+    except Exception:
+        log.exception("rendering a decode step failed")
 
 
 def _describe(exc: BaseException) -> str:
@@ -432,11 +571,23 @@ class Engine:
         return self._task is not None and not self._stopping
 
     async def start(self) -> None:
-        if self._task is not None:
+        """Warm the model up and start scheduling; returns once requests are served at full speed."""
+        if self._task is not None or self._executor is not None:
             return
         self._stopping = False
         self._wake = asyncio.Event()
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-step")
+        if self.config.warmup:
+            t = time.perf_counter()
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    self._executor, self._runner.warmup, self.config.prefill_tokens
+                )
+            except BaseException:
+                self._executor.shutdown(wait=False)
+                self._executor = None
+                raise
+            log.info("engine warmed up in %.0f ms", (time.perf_counter() - t) * 1000)
         self._task = asyncio.create_task(self._schedule(), name="engine-scheduler")
 
     async def stop(self) -> None:
@@ -462,15 +613,15 @@ class Engine:
             if self._executor is not None:
                 self._executor.shutdown(wait=True)
                 self._executor = None
+            self._core.close()
 
     def stats(self) -> EngineStats:
         core = self._core
         now = time.perf_counter()
-        recent = [(t, n) for t, n in core.rate if t >= now - _RATE_WINDOW_S]
-        rate = 0.0
-        if recent:
-            span = max(now - recent[0][0], 1e-3)
-            rate = sum(n for _, n in recent) / span if span >= 0.5 else 0.0
+        total = core.tokens_generated
+        samples = [(t, n) for t, n in list(core.rate) if t >= now - _RATE_WINDOW_S] or [(now, total)]
+        since, before = samples[0]
+        rate = (total - before) / (now - since) if now - since >= 0.5 else 0.0
         return EngineStats(
             active=core.active,
             queued=len(self._waiting),
@@ -526,6 +677,14 @@ class Engine:
     async def _schedule(self) -> None:
         loop = asyncio.get_running_loop()
         assert self._executor is not None
+
+        def emit(events: list[tuple[_Sequence, GenerationEvent]]) -> None:
+            if events:
+                loop.call_soon_threadsafe(_dispatch, events)
+
+        def interrupted(active: int) -> bool:
+            return self._stopping or (bool(self._waiting) and active < self.config.max_batch)
+
         while not self._stopping:
             plan = self._core.plan(self._waiting)
             if plan is None:
@@ -533,13 +692,17 @@ class Engine:
                 await self._wake.wait()
                 continue
             try:
-                events = await loop.run_in_executor(self._executor, self._core.execute, plan)
+                events = await loop.run_in_executor(self._executor, self._core.execute, plan, emit, interrupted)
             except Exception as exc:  # execute catches its own errors; this guards the scheduler itself
                 log.exception("engine step crashed")
                 events = []
-                self._core.fail_all(events, exc)
-            for seq, event in events:
-                seq.queue.put_nowait(event)
+                self._core.fail_all(events, exc, extra=plan.admitted)
+            _dispatch(events)
+
+
+def _dispatch(events: list[tuple[_Sequence, GenerationEvent]]) -> None:
+    for seq, event in events:
+        seq.queue.put_nowait(event)
 
 
 def _check_params(p: SamplingParams) -> None:

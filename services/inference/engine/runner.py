@@ -8,14 +8,14 @@ leading-dimension slice, which is contiguous: the engine keeps the decoding slot
 Prefill does not run in those buffers on the CPU: GroupQueryAttention's CPU kernel allocates a scores scratch of
 batch x heads x prompt x buffer-length floats, which against a context-long buffer is hundreds of MB per step. Prompts
 are prefilled into a work buffer exactly as long as the (padded) prompt and then copied into their slots (a memcpy of
-the prompt's keys and values, around 1% of the prefill's time). With the device backend (KV cache in device memory,
+the prompt's keys and values, 1-2% of the prefill's time). With the device backend (KV cache in device memory,
 used for CUDA) prompts are prefilled directly into their slots, and a long prompt into an extra staging slot.
 """
 
 from __future__ import annotations
 
 import mmap
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -199,6 +199,11 @@ class ModelRunner:
         self._logits_dtype = _FLOAT_TYPES[outputs["logits"].type]
         self.vocab_size = self.graph.vocab_size
         self._logits = _host_buffer((max_batch + 1, 1, self.vocab_size), self._logits_dtype)
+        # Decode inputs live in fixed buffers bound once per batch size; a step only writes into them. The mask is
+        # always max_len wide (the graph reads only its row sums and its width): row i holds ones up to slot i's
+        # current position, so it grows by one element per step and is never rebuilt.
+        self._ids = _host_buffer((max_batch + 1, 1), self._ids_dtype)
+        self._mask = _host_buffer((max_batch + 1, max_len), self._mask_dtype)
         self._io: dict[str, ort.IOBinding] = {}
         self._bound: dict[str, tuple[Any, ...]] = {}
         self.pad_token_id = pad_token_id
@@ -215,7 +220,9 @@ class ModelRunner:
             self._bound[purpose] = key
         return io
 
-    def _run(self, io: ort.IOBinding, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    def _run(
+        self, io: ort.IOBinding, ids: np.ndarray, mask: np.ndarray, ready: Callable[[], None] | None = None
+    ) -> np.ndarray:
         batch, width = ids.shape
         io.bind_cpu_input("input_ids", ids)
         io.bind_cpu_input("attention_mask", mask)
@@ -224,6 +231,8 @@ class ModelRunner:
         else:
             out = np.empty((batch, width, self.vocab_size), self._logits_dtype)
         io.bind_output("logits", "cpu", 0, self._logits_dtype, out.shape, out.ctypes.data)
+        if ready is not None:
+            ready()
         self.session.run_with_iobinding(io)
         return out
 
@@ -242,6 +251,8 @@ class ModelRunner:
         for row, prompt in enumerate(prompts):
             ids[row, : len(prompt)] = prompt
         mask = (np.arange(width)[None, :] < lengths[:, None]).astype(self._mask_dtype)
+        for row, length in enumerate(lengths):
+            self._reset_mask(start + row, int(length))
         if self._work is None:
             io = self._binding("prefill", (start, k), lambda io: self.kv.bind(io, start, k))
             return self._rows(self._run(io, ids, mask), lengths - 1)
@@ -252,6 +263,15 @@ class ModelRunner:
         for dst, src in zip(self.kv.arrays, work.views(k, width), strict=True):
             dst[start : start + k, :, :width] = src
         return logits
+
+    def _reset_mask(self, slot: int, length: int) -> None:
+        self._mask[slot, :length] = 1
+        self._mask[slot, length:] = 0
+
+    def move(self, src: int, dst: int, length: int) -> None:
+        """Move a sequence of `length` cached positions from slot `src` to slot `dst`."""
+        self.kv.move(src, dst, length)
+        self._mask[dst] = self._mask[src]
 
     def prefill_chunk(self, tokens: Sequence[int], past: int, total: int) -> np.ndarray:
         """Prefill the next chunk of a long prompt of `total` tokens whose first `past` are staged; its last logits."""
@@ -272,20 +292,41 @@ class ModelRunner:
 
     def commit_staged(self, slot: int, length: int) -> None:
         """Move the staged prompt's keys and values into `slot`."""
+        self._reset_mask(slot, length)
         if self._staged is None:
             self.kv.move(self._staging_slot, slot, length)
             return
         for dst, src in zip(self.kv.arrays, self._staged.views(1, self._staged_width), strict=True):
             dst[slot, :, :length] = src[0, :, :length]
 
-    def decode(self, tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """One token for each of slots 0..n: `tokens[i]` goes at position `lengths[i]`; the logits [n, V]."""
+    def decode(self, tokens: np.ndarray, lengths: np.ndarray, ready: Callable[[], None] | None = None) -> np.ndarray:
+        """One token for each of slots 0..n: `tokens[i]` goes at position `lengths[i]`; the logits [n, V].
+
+        `ready` is called once the inputs are in place, just before the model runs (and releases the GIL).
+        """
         n = len(tokens)
-        ids = tokens.astype(self._ids_dtype, copy=False).reshape(n, 1)
-        width = int(lengths.max()) + 1
-        mask = (np.arange(width)[None, :] <= lengths[:, None]).astype(self._mask_dtype)
-        io = self._binding("decode", (n,), lambda io: self.kv.bind(io, 0, n))
-        return self._rows(self._run(io, ids, mask), np.zeros(n, np.int64))
+        io = self._binding("decode", (n,), lambda io: self._bind_decode(io, n))
+        self._ids[:n, 0] = tokens
+        self._mask[np.arange(n), lengths] = 1
+        if ready is not None:
+            ready()
+        self.session.run_with_iobinding(io)
+        rows = self._logits[:n, 0]
+        return rows if rows.dtype == np.float32 else rows.astype(np.float32)
+
+    def _bind_decode(self, io: ort.IOBinding, n: int) -> None:
+        self.kv.bind(io, 0, n)
+        io.bind_input("input_ids", "cpu", 0, self._ids_dtype, (n, 1), self._ids.ctypes.data)
+        io.bind_input("attention_mask", "cpu", 0, self._mask_dtype, (n, self.max_len), self._mask.ctypes.data)
+        io.bind_output("logits", "cpu", 0, self._logits_dtype, (n, 1, self.vocab_size), self._logits.ctypes.data)
+
+    def warmup(self, tokens: int) -> None:
+        """Run one prefill of `tokens` tokens and one decode step into slot 0, so that the first requests do not pay
+        for onnxruntime's first-run allocations (its arena grows to the largest prefill once, then is reused)."""
+        width = max(1, min(tokens, self.max_len - 1))
+        self.prefill(0, [[self.pad_token_id] * width])
+        self.decode(np.array([self.pad_token_id]), np.array([width]))
+        self._reset_mask(0, 0)
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -97,9 +97,9 @@ async def test_requests_join_and_leave_mid_decode(
 ) -> None:
     engine = await make_engine(max_batch=4)
     moves: list[tuple[int, int, int]] = []
-    kv = engine._runner.kv
-    original_move = kv.move
-    monkeypatch.setattr(kv, "move", lambda s, d, n: (moves.append((s, d, n)), original_move(s, d, n)))
+    runner = engine._runner
+    original_move = runner.move
+    monkeypatch.setattr(runner, "move", lambda s, d, n: (moves.append((s, d, n)), original_move(s, d, n)))
     a = request(chat(tiny_artifact, TEXTS[0]), temperature=0.0, max_tokens=40, ignore_eos=True)
     b = request(chat(tiny_artifact, TEXTS[1]), temperature=0.8, seed=3, max_tokens=30, ignore_eos=True)
     c = request(chat(tiny_artifact, TEXTS[2]), temperature=0.0, max_tokens=6, ignore_eos=True)
@@ -367,7 +367,7 @@ async def test_long_prompt_is_prefilled_in_chunks_between_decode_steps(
     assert (await short_task).token_ids == short_alone.token_ids
     chunks = [i for i, c in enumerate(calls) if c == "prefill_chunk:long"]
     assert len(chunks) == -(-len(long_prompt) // 16)
-    assert any(calls[i + 1] == "decode" for i in chunks[:-1])  # decode steps ran between the chunks
+    assert any(calls[i + 1] == "decode" for i in chunks[:-1]), str(calls)  # decode steps ran between the chunks
 
 
 @pytest.mark.parametrize("backend", ["numpy", "ortvalue"])
@@ -444,3 +444,44 @@ async def test_stats_report_load(make_engine: Callable, tiny_artifact: ModelArti
     stats = engine.stats()
     assert stats.tokens_generated >= 20 and stats.requests_finished >= 1 and stats.steps >= 20
     assert stats.slots == 2 and stats.max_seq_len == 256
+
+
+async def test_a_crashed_scheduler_step_fails_its_requests_and_the_engine_goes_on(
+    make_engine: Callable, tiny_artifact: ModelArtifact
+) -> None:
+    engine = await make_engine()
+    core = engine._core
+    real_execute = core.execute
+    crashes = []
+
+    def crash_once(*args: object) -> object:
+        if not crashes:
+            crashes.append(1)
+            raise RuntimeError("scheduler bug")
+        return real_execute(*args)
+
+    core.execute = crash_once  # type: ignore[method-assign]
+    failed = await asyncio.wait_for(run(engine, request([5, 6, 7], max_tokens=5)), 10)
+    assert failed.finish_reason == "error" and "scheduler bug" in (failed.error or "")
+    ok = await asyncio.wait_for(run(engine, request([5, 6, 7], max_tokens=5, ignore_eos=True)), 10)
+    assert ok.finish_reason == "length"
+
+
+async def test_stop_sequence_found_late_drops_the_extra_step(
+    make_engine: Callable, tiny_artifact: ModelArtifact
+) -> None:
+    # The stop string is seen when a step is rendered, while the next step already runs: that step's token for the
+    # stopped request is dropped, and the batch carries on with the right tokens for everyone else.
+    engine = await make_engine(max_batch=4)
+    params = {"temperature": 0.0, "max_tokens": 30, "ignore_eos": True}
+    base = await run(engine, request(chat(tiny_artifact, TEXTS[0]), **params))
+    other = request(chat(tiny_artifact, TEXTS[1]), **params)
+    other_alone = await run(engine, other)
+    stop = base.text[8:11]
+    assert stop and "\ufffd" not in stop
+    stopped, together = await asyncio.gather(
+        run(engine, request(chat(tiny_artifact, TEXTS[0]), stop=[stop], **params)), run(engine, other)
+    )
+    assert stopped.finish_reason == "stop" and stopped.text == base.text[: base.text.find(stop)]
+    assert stopped.token_ids == base.token_ids[: len(stopped.token_ids)]
+    assert together.token_ids == other_alone.token_ids
