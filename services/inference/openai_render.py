@@ -233,7 +233,37 @@ class _ChatChoice:
     finished: bool = False
 
 
-class ChatCompletionStream:
+class _StreamEnd:
+    """How both SSE renderers end: the usage chunk and `[DONE]`, or an in-band error and `[DONE]`."""
+
+    plan: Any
+    _choices: list[Any]
+    _closed: bool
+
+    def _chunk(self, choices: list[dict[str, Any]], usage: Usage | None = None, final: bool = False) -> bytes:
+        raise NotImplementedError
+
+    def close(self, usage: Usage | None = None) -> list[bytes]:
+        """The usage chunk (with include_usage) and `data: [DONE]`. `usage` defaults to the choices' total."""
+        if self._closed:
+            return []
+        self._closed = True
+        frames = []
+        if self.plan.include_usage:
+            total = usage or _total_usage([c.usage for c in self._choices], self.plan.n)
+            frames.append(self._chunk([], total, final=True))
+        frames.append(DONE)
+        return frames
+
+    def fail(self, error: ProtocolError | None = None) -> list[bytes]:
+        """An in-band error and `data: [DONE]`; nothing is written after it."""
+        if self._closed:
+            return []
+        self._closed = True
+        return [error_frame(error), DONE]
+
+
+class ChatCompletionStream(_StreamEnd):
     """Renders one chat request's stream: `start()`, then `feed(index, event)` per engine event, then `close()`.
 
     Each call returns the SSE frames to write, in order. Chunks follow OpenAI: a first chunk per choice with
@@ -334,24 +364,6 @@ class ChatCompletionStream:
         frames.append(self._delta(index, {}, reason))
         return frames
 
-    def close(self, usage: Usage | None = None) -> list[bytes]:
-        """The usage chunk (with include_usage) and `data: [DONE]`. `usage` defaults to the choices' total."""
-        if self._closed:
-            return []
-        self._closed = True
-        frames = []
-        if self.plan.include_usage:
-            total = usage or _total_usage([c.usage for c in self._choices], self.plan.n)
-            frames.append(self._chunk([], total, final=True))
-        frames.append(DONE)
-        return frames
-
-    def fail(self, error: ProtocolError | None = None) -> list[bytes]:
-        """An in-band error and `data: [DONE]`; nothing is written after it."""
-        if self._closed:
-            return []
-        self._closed = True
-        return [error_frame(error), DONE]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -409,7 +421,7 @@ class _CompletionChoice:
     finished: bool = False
 
 
-class CompletionStream:
+class CompletionStream(_StreamEnd):
     """Renders one completions request's stream, like ChatCompletionStream: `start()` (the echoed prompts),
     `feed(index, event)`, `close()`. Every chunk is a `text_completion` object with one choice."""
 
@@ -486,19 +498,3 @@ class CompletionStream:
             frames.append(self._text(index, "", [], finish_reason(event.finish_reason)))
         return frames
 
-    def close(self, usage: Usage | None = None) -> list[bytes]:
-        if self._closed:
-            return []
-        self._closed = True
-        frames = []
-        if self.plan.include_usage:
-            total = usage or _total_usage([c.usage for c in self._choices], self.plan.n)
-            frames.append(self._chunk([], total, final=True))
-        frames.append(DONE)
-        return frames
-
-    def fail(self, error: ProtocolError | None = None) -> list[bytes]:
-        if self._closed:
-            return []
-        self._closed = True
-        return [error_frame(error), DONE]
