@@ -13,6 +13,7 @@ from typing import Any
 from google.api import httpbody_pb2
 from google.protobuf import json_format
 
+from llmlab.common.v1 import common_pb2
 from llmlab.inference.v1 import model_service_pb2 as pb
 from llmlab.inference.v1 import model_service_pb2_grpc as pb_grpc
 from llmlab.runtime import Internal, InvalidArgument, validation_error
@@ -532,8 +533,8 @@ class ModelServicer(pb_grpc.ModelServiceServicer):
         last = ((total - 1) // limit) * limit if total else 0
         out = pb.ListResearchModelsResponse(
             data=[research_model(r) for r in page],
-            pagination=pb.ResearchPagination(total=total, limit=limit, offset=start, has_more=has_more),
-            links=pb.ResearchLinks(
+            pagination=common_pb2.OffsetPagination(total=total, limit=limit, offset=start, has_more=has_more),
+            links=common_pb2.PageLinks(
                 self=_page_link(limit, start, request.provider),
                 next=value(_page_link(limit, start + limit, request.provider) if has_more else None),
                 first=_page_link(limit, 0, request.provider),
@@ -626,8 +627,8 @@ class ModelServicer(pb_grpc.ModelServiceServicer):
             return await self._models.backend(base.id)
 
     @staticmethod
-    def _page_info(page: list[ModelRecord], *, has_next: bool, has_previous: bool) -> pb.ResearchPageInfo:
-        return pb.ResearchPageInfo(
+    def _page_info(page: list[ModelRecord], *, has_next: bool, has_previous: bool) -> common_pb2.PageInfo:
+        return common_pb2.PageInfo(
             has_next_page=has_next,
             has_previous_page=has_previous,
             start_cursor=encode_cursor(page[0]) if page else "",
