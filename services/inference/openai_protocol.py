@@ -1132,6 +1132,21 @@ def _with_system(turns: list[dict[str, str]], extra: str) -> list[dict[str, str]
     return [{"role": "system", "content": extra}, *turns]
 
 
+def _plan_fields(req: _CommonRequest, base: SamplingParams, limits: EngineLimits) -> dict[str, Any]:
+    """What both plans take from the request and the model's limits."""
+    return {
+        "n": req.n,
+        "base": base,
+        "max_tokens": req.max_tokens,
+        "context_length": limits.context_length,
+        "max_output_tokens": limits.max_output_tokens,
+        "logit_bias": dict(req.logit_bias),
+        "min_tokens": req.min_tokens,
+        "stream": req.stream,
+        "include_usage": req.include_usage,
+    }
+
+
 def build_chat_plan(req: ChatCompletionRequest, chat_template: ChatTemplate, limits: EngineLimits) -> ChatPlan:
     """The prompt and sampling for a local model. Tools go into the system prompt (tool_choice "none" leaves them
     out); "required" and a named choice prefill the call; json_object / json_schema add an instruction and prefill
@@ -1165,15 +1180,7 @@ def build_chat_plan(req: ChatCompletionRequest, chat_template: ChatTemplate, lim
     base = _base_params(req, logprobs=req.logprobs, top_logprobs=top,
                         extra_stop=(TOOL_CALL_CLOSE,) if spec is not None else ())
     return ChatPlan(
-        n=req.n,
-        base=base,
-        max_tokens=req.max_tokens,
-        context_length=limits.context_length,
-        max_output_tokens=limits.max_output_tokens,
-        logit_bias=dict(req.logit_bias),
-        min_tokens=req.min_tokens,
-        stream=req.stream,
-        include_usage=req.include_usage,
+        **_plan_fields(req, base, limits),
         prompt=prompt,
         assistant_prefix=prefix,
         tool_spec=spec,
@@ -1208,15 +1215,7 @@ def build_completion_plan(req: CompletionRequest, limits: EngineLimits) -> Compl
         )
     base = _base_params(req, logprobs=req.logprobs is not None, top_logprobs=req.logprobs or 0)
     return CompletionPlan(
-        n=req.n,
-        base=base,
-        max_tokens=req.max_tokens,
-        context_length=limits.context_length,
-        max_output_tokens=limits.max_output_tokens,
-        logit_bias=dict(req.logit_bias),
-        min_tokens=req.min_tokens,
-        stream=req.stream,
-        include_usage=req.include_usage,
+        **_plan_fields(req, base, limits),
         prompts=list(req.prompts),
         echo=req.echo,
         logprobs=req.logprobs,

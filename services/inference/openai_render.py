@@ -192,6 +192,22 @@ def chat_message(plan: ChatPlan, text: str) -> tuple[dict[str, Any], list[ToolCa
     return message, calls
 
 
+def _body(
+    prefix: str, obj: str, choices: list[dict[str, Any]], usage: Usage, model: str, completion_id: str | None,
+    created: int | None, system_fingerprint: str | None,
+) -> dict[str, Any]:
+    """The envelope both non-streamed bodies share."""
+    return {
+        "id": completion_id or new_id(prefix),
+        "object": obj,
+        "created": int(time.time()) if created is None else created,
+        "model": model,
+        "choices": choices,
+        "usage": usage_dict(usage),
+        "system_fingerprint": system_fingerprint,
+    }
+
+
 def render_chat_completion(
     plan: ChatPlan,
     results: Sequence[ChoiceResult],
@@ -214,15 +230,7 @@ def render_chat_completion(
             "finish_reason": _final_reason(plan, calls, result.finish_reason),
         })
     total = usage or _total_usage([r.usage for r in results], len(results) or 1)
-    return {
-        "id": completion_id or new_id("chatcmpl"),
-        "object": "chat.completion",
-        "created": int(time.time()) if created is None else created,
-        "model": model,
-        "choices": choices,
-        "usage": usage_dict(total),
-        "system_fingerprint": system_fingerprint,
-    }
+    return _body("chatcmpl", "chat.completion", choices, total, model, completion_id, created, system_fingerprint)
 
 
 @dataclass
@@ -403,15 +411,7 @@ def render_completion(
             "finish_reason": finish_reason(result.finish_reason),
         })
     total = usage or _total_usage([r.usage for r in results], plan.n)
-    return {
-        "id": completion_id or new_id("cmpl"),
-        "object": "text_completion",
-        "created": int(time.time()) if created is None else created,
-        "model": model,
-        "choices": choices,
-        "usage": usage_dict(total),
-        "system_fingerprint": system_fingerprint,
-    }
+    return _body("cmpl", "text_completion", choices, total, model, completion_id, created, system_fingerprint)
 
 
 @dataclass
