@@ -17,6 +17,7 @@ from llmlab.analytics.v1 import ops_service_pb2_grpc as pb_grpc
 from llmlab.common.v1 import service_info_pb2, service_info_pb2_grpc
 from llmlab.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from llmlab.runtime import SERVICES, VERSION, ServiceApp, Unavailable
+from llmlab.runtime.context import ADMIN, current_principal
 from llmlab.runtime.envelope import iso, meta, utcnow
 from llmlab.runtime.metrics import merge_expositions
 
@@ -137,6 +138,10 @@ class OpsServicer(pb_grpc.OpsServiceServicer):
         out = pb.GetDetailedHealthResponse(
             status=self._overall(deps, services), version=VERSION, timestamp=iso(utcnow())
         )
+        principal = current_principal()
+        if principal is not None and not principal.allows(ADMIN):
+            # Addresses, memory and uptimes help an attacker more than an ordinary key holder: admins only.
+            return out
         for name, dep in deps.items():
             out.dependencies[name].CopyFrom(dep)
         for name, probe in services.items():

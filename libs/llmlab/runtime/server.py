@@ -35,6 +35,8 @@ from .settings import VERSION, ServiceSettings, SettingsError, load_settings
 from .streams import EventPublisher
 from .tracing import make_tracer_provider, tracer_for
 
+METADATA_BYTES = 64 * 1024
+
 log = structlog.get_logger(__name__)
 
 
@@ -191,6 +193,11 @@ class ServiceApp:
                 ("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes),
                 ("grpc.so_reuseport", 0),
+                # Above the gateway's own request-header cap (gateway/render.py, 16 KiB): whatever headers Envoy
+                # accepts, a service accepts too. gRPC's default (8 KiB soft, 16 KiB hard) refused a 16 KB header
+                # as RESOURCE_EXHAUSTED, which clients saw as a 429 naming every internal header.
+                ("grpc.max_metadata_size", METADATA_BYTES),
+                ("grpc.absolute_max_metadata_size", METADATA_BYTES),
             ],
         )
         await self.spec.setup(self)
