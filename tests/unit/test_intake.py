@@ -5,17 +5,17 @@ from google.protobuf import struct_pb2
 
 from llmlab.experiments.v1 import experiments_service_pb2 as pb
 from llmlab.runtime import InvalidArgument
-from llmlab.runtime.intake import UNDECODABLE, check, nul_field, tolerant
+from llmlab.runtime.intake import MAX_LIST_ITEMS, NUL, UNDECODABLE, check, first_violation, tolerant
 
 
 def test_clean_requests_pass():
     req = pb.ListExperimentsRequest(search="quality", status="draft", limit=10)
-    assert nul_field(req) is None
+    assert first_violation(req) is None
     check(req)
 
 
 def test_nul_in_a_top_level_string_names_the_field():
-    assert nul_field(pb.ListExperimentsRequest(search="a\x00b")) == "search"
+    assert first_violation(pb.ListExperimentsRequest(search="a\x00b")) == ("search", NUL)
     with pytest.raises(InvalidArgument) as exc:
         check(pb.ListExperimentsRequest(search="\x00"))
     assert exc.value.details == {"field": "search", "value": None, "constraint": "must not contain NUL characters"}
@@ -23,13 +23,20 @@ def test_nul_in_a_top_level_string_names_the_field():
 
 def test_nul_inside_repeated_fields_structs_and_map_keys_is_found_by_its_json_path():
     tagged = pb.CreateExperimentRequest(name="ok", tags=["fine", "bad\x00"])
-    assert nul_field(tagged) == "tags[1]"
+    assert first_violation(tagged) == ("tags[1]", NUL)
     params = struct_pb2.Struct()
     params.update({"style": {"tone": ["calm", "lo\x00ud"]}})
-    assert nul_field(params, "params") == "params.style.tone[1]"
+    assert first_violation(params, "params") == ("params.style.tone[1]", NUL)
     keyed = struct_pb2.Struct()
     keyed.update({"k\x00": 1})
-    assert nul_field(keyed, "params") == "params.k\x00"
+    assert first_violation(keyed, "params") == ("params.k\x00", NUL)
+
+
+def test_lists_past_the_cap_are_refused_by_name():
+    many = pb.CreateExperimentRequest(name="ok", tags=["t"] * (MAX_LIST_ITEMS + 1))
+    with pytest.raises(InvalidArgument) as exc:
+        check(many)
+    assert exc.value.details["field"] == "tags" and "at most" in exc.value.details["constraint"]
 
 
 def test_a_deserializer_that_fails_becomes_the_undecodable_marker():
