@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-from llmlab.runtime import PermissionDenied, validation_error
+from llmlab.runtime import InvalidArgument, PermissionDenied, validation_error
 from llmlab.runtime.context import Principal
 from llmlab.runtime.text import quoted, visible_text
 
@@ -16,6 +16,12 @@ FORBIDDEN = "You do not have permission to access this resource"  # seed 001 §4
 MAX_KEY_NAME_CHARS = 255
 # Longer than any RFC 3339 timestamp with fractional seconds and an offset: refused before it is parsed.
 MAX_TIMESTAMP_CHARS = 40
+
+
+def _invalid(field: str, value: object, constraint: str) -> InvalidArgument:
+    """Seed 000's validation error with a sentence for a message: this route answers in the OpenAI family's body,
+    which shows only `message` and `param`, so the message carries the constraint."""
+    return validation_error(field, value, constraint, message=f"`{field}` {constraint}")
 
 
 def _rfc3339(at: dt.datetime) -> str:
@@ -32,11 +38,11 @@ def parse_expiry(text: str | None, now: dt.datetime) -> dt.datetime | None:
         except ValueError:
             pass
     if at is None:
-        raise validation_error("expires_at", quoted(text), "must be an RFC 3339 timestamp, e.g. 2030-12-31T23:59:59Z")
+        raise _invalid("expires_at", quoted(text), "must be an RFC 3339 timestamp, e.g. 2030-12-31T23:59:59Z")
     if at.tzinfo is None:
         at = at.replace(tzinfo=dt.UTC)
     if at <= now:
-        raise validation_error("expires_at", text, "must be in the future")
+        raise _invalid("expires_at", text, "must be in the future")
     return at
 
 
@@ -80,14 +86,18 @@ def key_request(
     expires_at: str | None, now: dt.datetime,
 ) -> KeyRequest:
     """Validate the body on its own: name required, permissions known, limits positive, expiry a future time."""
-    clean = visible_text("name", name, max_chars=MAX_KEY_NAME_CHARS)
+    try:
+        clean = visible_text("name", name, max_chars=MAX_KEY_NAME_CHARS)
+    except InvalidArgument as exc:
+        d = exc.details or {}
+        raise _invalid("name", d.get("value"), d.get("constraint", "is invalid")) from None
     unknown = [p for p in permissions if p not in PERMISSIONS]
     if unknown:
-        raise validation_error("permissions", quoted(unknown[0]), f"must be one of {', '.join(PERMISSIONS)}")
+        raise _invalid("permissions", quoted(unknown[0]), f"must be one of {', '.join(PERMISSIONS)}")
     for field, value in (("rate_limit.requests_per_minute", requests_per_minute),
                          ("rate_limit.tokens_per_minute", tokens_per_minute)):
         if value is not None and value <= 0:
-            raise validation_error(field, value, "must be a positive integer")
+            raise _invalid(field, value, "must be a positive integer")
     return KeyRequest(clean, permissions, requests_per_minute, tokens_per_minute, parse_expiry(expires_at, now))
 
 
@@ -95,7 +105,7 @@ def _bounded(field: str, requested: int | None, tier_ceiling: int, own: int, by_
     """A new key's limit. The tier caps any request silently (0 = unlimited). A key creating a key cannot give
     more than it has: asking above its own limit is refused, asking nothing inherits it."""
     if by_key and own and requested is not None and requested > own:
-        raise validation_error(field, requested, f"must be at most {own}, the limit of the API key making this request")
+        raise _invalid(field, requested, f"must be at most {own}, the limit of the API key making this request")
     effective = cap(requested, tier_ceiling)
     if by_key and own:
         effective = own if effective == 0 else min(effective, own)
@@ -115,7 +125,7 @@ def grant(req: KeyRequest, bounds: Bounds, t: Tier) -> KeyGrant:
             expires_at = bounds.expires_at
         elif expires_at > bounds.expires_at:
             limit = _rfc3339(bounds.expires_at)
-            raise validation_error("expires_at", _rfc3339(expires_at),
+            raise _invalid("expires_at", _rfc3339(expires_at),
                                    f"must not be later than {limit}, when the API key making this request expires")
     return KeyGrant(
         name=req.name,

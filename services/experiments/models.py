@@ -29,8 +29,6 @@ class ModelRegistry:
                     "model", model, "must be a registered model id (GET /api/models lists them)"
                 ) from None
             raise Unavailable(
-                "The model registry cannot be reached to check `model`; please retry",
-                reason="SERVICE_UNAVAILABLE",
-                details={"dependency": "inference"},
+                "The model registry cannot be reached to check `model`; nothing was stored, please retry"
             ) from None
         return found.model.id

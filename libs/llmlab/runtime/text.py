@@ -45,6 +45,8 @@ def visible_text(field: str, value: Any, *, max_chars: int, required: bool = Tru
     text = trim(value)
     if len(text) > max_chars:
         raise validation_error(field, quoted(text), f"must be at most {max_chars} characters")
+    if required and not value:
+        raise validation_error(field, value, "is required")
     if required and not text:
         raise validation_error(
             field, quoted(value), "must contain a visible character (not only spaces, zero-width or control characters)"
