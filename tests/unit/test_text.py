@@ -60,3 +60,12 @@ def test_quoted():
     assert quoted("y" * QUOTE_CHARS) == "y" * QUOTE_CHARS
     long = quoted("y" * 900_000)
     assert long.startswith("y" * (QUOTE_CHARS // 2)) and long.endswith("… (900000 characters)")
+
+
+def test_an_invisible_value_is_shown_as_code_points():
+    with pytest.raises(InvalidArgument) as err:
+        visible_text("name", "\u200b\u200b", max_chars=255)
+    assert err.value.details["value"] == "U+200B U+200B"
+    with pytest.raises(InvalidArgument) as err:
+        visible_text("name", " " * 60_000, max_chars=255)
+    assert err.value.details["value"] == " ".join(["U+0020"] * 8) + " … (60000 characters)"

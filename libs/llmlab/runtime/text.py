@@ -14,6 +14,7 @@ _INVISIBLE_CATEGORIES = ("Z", "C")
 # The longest text an error quotes whole; longer values are shown as an excerpt with their length, so no input
 # can grow an error (and the gRPC trailer that carries it) with its own size.
 QUOTE_CHARS = 64
+NOT_VISIBLE = "must contain a visible character (not only spaces, zero-width or control characters)"
 
 
 def _invisible(ch: str) -> bool:
@@ -25,6 +26,12 @@ def quoted(text: str) -> str:
     if len(text) <= QUOTE_CHARS:
         return text
     return f"{text[: QUOTE_CHARS // 2]}… ({len(text)} characters)"
+
+
+def code_points(text: str, limit: int = 8) -> str:
+    """Invisible text made readable in an error: `U+200B U+200B`, the first `limit` characters and a count."""
+    shown = " ".join(f"U+{ord(ch):04X}" for ch in text[:limit])
+    return shown if len(text) <= limit else f"{shown} … ({len(text)} characters)"
 
 
 def trim(text: str) -> str:
@@ -48,9 +55,7 @@ def visible_text(field: str, value: Any, *, max_chars: int, required: bool = Tru
     if required and not value:
         raise validation_error(field, value, "is required")
     if required and not text:
-        raise validation_error(
-            field, quoted(value), "must contain a visible character (not only spaces, zero-width or control characters)"
-        )
+        raise validation_error(field, code_points(value), NOT_VISIBLE)
     return text
 
 
