@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from llmlab.runtime import InvalidArgument, PermissionDenied, validation_error
 from llmlab.runtime.context import Principal
-from llmlab.runtime.text import quoted, visible_text
+from llmlab.runtime.text import visible_text
 
 from .limits import Tier, cap
 from .routes import PERMISSIONS
@@ -38,7 +38,7 @@ def parse_expiry(text: str | None, now: dt.datetime) -> dt.datetime | None:
         except ValueError:
             pass
     if at is None:
-        raise _invalid("expires_at", quoted(text), "must be an RFC 3339 timestamp, e.g. 2030-12-31T23:59:59Z")
+        raise _invalid("expires_at", text, "must be an RFC 3339 timestamp, e.g. 2030-12-31T23:59:59Z")
     if at.tzinfo is None:
         at = at.replace(tzinfo=dt.UTC)
     if at <= now:
@@ -93,7 +93,7 @@ def key_request(
         raise _invalid("name", d.get("value"), d.get("constraint", "is invalid")) from None
     unknown = [p for p in permissions if p not in PERMISSIONS]
     if unknown:
-        raise _invalid("permissions", quoted(unknown[0]), f"must be one of {', '.join(PERMISSIONS)}")
+        raise _invalid("permissions", unknown[0], f"must be one of {', '.join(PERMISSIONS)}")
     for field, value in (("rate_limit.requests_per_minute", requests_per_minute),
                          ("rate_limit.tokens_per_minute", tokens_per_minute)):
         if value is not None and value <= 0:

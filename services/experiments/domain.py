@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmlab.runtime import validation_error
-from llmlab.runtime.text import quoted, scalar, visible_text
+from llmlab.runtime.errors import excerpt
+from llmlab.runtime.text import scalar, visible_text
 
 TYPES = ("single", "batch")
 STATUSES = ("draft", "running", "completed", "failed")
@@ -110,7 +111,7 @@ def validate_description(description: str) -> str:
 
 def validate_choice(field_name: str, value: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
-        raise validation_error(field_name, quoted(value), f"must be one of {', '.join(choices)}")
+        raise validation_error(field_name, value, f"must be one of {', '.join(choices)}")
     return value
 
 
@@ -118,7 +119,7 @@ def validate_required_text(field_name: str, value: str, max_chars: int) -> str:
     if len(value) > max_chars:
         raise validation_error(field_name, len(value), f"must be at most {max_chars} characters")
     if not value.strip():
-        raise validation_error(field_name, quoted(value), "is required")
+        raise validation_error(field_name, value, "is required")
     return value
 
 
@@ -236,7 +237,7 @@ def parse_date(field_name: str, value: str, *, end_of_day: bool) -> dt.datetime 
             return start + dt.timedelta(days=1) if end_of_day else start
         parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise validation_error(field_name, quoted(value), "must be an ISO 8601 date or date-time") from None
+        raise validation_error(field_name, value, "must be an ISO 8601 date or date-time") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=dt.UTC)
     return parsed
@@ -352,7 +353,7 @@ def _bulk_params(action: str, params: Any) -> dict[str, Any]:
         raise validation_error("params", scalar(params), "must be an object")
     allowed = BULK_PARAMS[action]
     for key, v in params.items():
-        field_name = f"params.{quoted(key)}"
+        field_name = f"params.{excerpt(key)}"
         if key not in allowed:
             expected = f"it takes {', '.join(allowed)}" if allowed else "it takes no parameters"
             raise validation_error(field_name, scalar(v), f"is not a parameter of the {action} action; {expected}")

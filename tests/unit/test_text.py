@@ -3,7 +3,8 @@
 import pytest
 
 from llmlab.runtime import InvalidArgument
-from llmlab.runtime.text import QUOTE_CHARS, quoted, trim, visible_text
+from llmlab.runtime.errors import EXCERPT_CHARS
+from llmlab.runtime.text import trim, visible_text
 
 
 @pytest.mark.parametrize(
@@ -45,7 +46,7 @@ def test_length_is_counted_after_trimming_and_a_long_value_is_only_excerpted():
         visible_text("name", "x" * 70_000, max_chars=255)
     d = err.value.details
     assert d["constraint"] == "must be at most 255 characters"
-    assert d["value"].endswith("(70000 characters)") and len(d["value"]) < 2 * QUOTE_CHARS
+    assert d["value"].endswith("(70000 characters)") and len(d["value"]) < 2 * EXCERPT_CHARS
 
 
 def test_not_a_string():
@@ -53,13 +54,6 @@ def test_not_a_string():
         with pytest.raises(InvalidArgument) as err:
             visible_text("tags", value, max_chars=10)
         assert err.value.details["value"] == shown and err.value.details["constraint"] == "must be a string"
-
-
-def test_quoted():
-    assert quoted("short") == "short"
-    assert quoted("y" * QUOTE_CHARS) == "y" * QUOTE_CHARS
-    long = quoted("y" * 900_000)
-    assert long.startswith("y" * (QUOTE_CHARS // 2)) and long.endswith("… (900000 characters)")
 
 
 def test_an_invisible_value_is_shown_as_code_points():

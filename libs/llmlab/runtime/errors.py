@@ -44,34 +44,39 @@ HTTP_STATUS = {
 
 
 def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
-    """``text`` itself when short, else its start and its length: "aaaa… (60000 characters)"."""
-    if len(text) <= limit:
+    """``text`` itself when short, else its start and its length: "aaaa… (60000 characters)".
+
+    Text at most a suffix longer than ``limit`` is kept whole, so an excerpt (or a caller's own short rendering,
+    such as code points) is never cut again.
+    """
+    if len(text) <= limit + 32:
         return text
     return f"{text[:limit]}… ({len(text)} characters)"
 
 
-def bounded(value: Any, depth: int = 0) -> Any:
-    """A JSON-like value cut down for quoting in an error: short strings, few items, shallow nesting."""
+def bounded(value: Any, limit: int = EXCERPT_CHARS, depth: int = 0) -> Any:
+    """A JSON-like value cut down for quoting in an error: strings of at most ``limit`` characters, few items,
+    shallow nesting."""
     if isinstance(value, str):
-        return excerpt(value)
+        return excerpt(value, limit)
     if isinstance(value, bool | int | float) or value is None:
         return value
     if depth >= MAX_DEPTH:
         return "…"
     if isinstance(value, Mapping):
         items = list(value.items())
-        out = {excerpt(str(k)): bounded(v, depth + 1) for k, v in items[:MAX_ITEMS]}
+        out = {excerpt(str(k)): bounded(v, limit, depth + 1) for k, v in items[:MAX_ITEMS]}
         if len(items) > MAX_ITEMS:
             out["…"] = f"{len(items) - MAX_ITEMS} more"
         return out
     if isinstance(value, list | tuple):
-        out_list = [bounded(v, depth + 1) for v in value[:MAX_ITEMS]]
+        out_list = [bounded(v, limit, depth + 1) for v in value[:MAX_ITEMS]]
         if len(value) > MAX_ITEMS:
             out_list.append(f"… {len(value) - MAX_ITEMS} more")
         return out_list
     if isinstance(value, bytes):
         return f"({len(value)} bytes)"
-    return excerpt(str(value))
+    return excerpt(str(value), limit)
 
 
 class DomainError(Exception):
@@ -96,7 +101,8 @@ class DomainError(Exception):
         self.message = message
         # An explicit empty reason is kept: some families render a missing code as null (OpenAI's `code`).
         self.reason = self.default_reason if reason is None else excerpt(reason)
-        self.details = bounded(dict(details)) if details is not None else None
+        # Our own wording (a constraint) may be a sentence; a quoted input value is cut shorter where it is quoted.
+        self.details = bounded(dict(details), MESSAGE_CHARS) if details is not None else None
         meta_items = list((metadata or {}).items())[:MAX_ITEMS]
         self.metadata = {excerpt(k): excerpt(str(v), MESSAGE_CHARS) for k, v in meta_items}
         self.field_violations = [(excerpt(f, MESSAGE_CHARS), excerpt(d, MESSAGE_CHARS))
@@ -192,7 +198,7 @@ def validation_error(field: str, value: Any, constraint: str, message: str | Non
     """The seed 000 validation error: details {field, value, constraint} plus a BadRequest violation."""
     return InvalidArgument(
         message or "Validation failed",
-        details={"field": field, "value": value, "constraint": constraint},
+        details={"field": field, "value": bounded(value), "constraint": constraint},
         field_violations=[(field, constraint)],
     )
 

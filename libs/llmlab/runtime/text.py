@@ -5,27 +5,17 @@ from __future__ import annotations
 import unicodedata
 from typing import Any
 
-from .errors import validation_error
+from .errors import excerpt, validation_error
 
 # Unicode general categories of characters a reader cannot see on their own: separators (spaces, line and
 # paragraph separators) and "other" (controls, format characters such as U+200B ZERO WIDTH SPACE and U+FEFF,
 # surrogates, private use, unassigned). Letters, marks, numbers, punctuation and symbols are visible.
 _INVISIBLE_CATEGORIES = ("Z", "C")
-# The longest text an error quotes whole; longer values are shown as an excerpt with their length, so no input
-# can grow an error (and the gRPC trailer that carries it) with its own size.
-QUOTE_CHARS = 64
 NOT_VISIBLE = "must contain a visible character (not only spaces, zero-width or control characters)"
 
 
 def _invisible(ch: str) -> bool:
     return unicodedata.category(ch)[0] in _INVISIBLE_CATEGORIES
-
-
-def quoted(text: str) -> str:
-    """`text` itself when short, else its first characters and its length: what an error may show of it."""
-    if len(text) <= QUOTE_CHARS:
-        return text
-    return f"{text[: QUOTE_CHARS // 2]}… ({len(text)} characters)"
 
 
 def code_points(text: str, limit: int = 8) -> str:
@@ -51,7 +41,7 @@ def visible_text(field: str, value: Any, *, max_chars: int, required: bool = Tru
         raise validation_error(field, scalar(value), "must be a string")
     text = trim(value)
     if len(text) > max_chars:
-        raise validation_error(field, quoted(text), f"must be at most {max_chars} characters")
+        raise validation_error(field, excerpt(text), f"must be at most {max_chars} characters")
     if required and not value:
         raise validation_error(field, value, "is required")
     if required and not text:
@@ -62,7 +52,7 @@ def visible_text(field: str, value: Any, *, max_chars: int, required: bool = Tru
 def scalar(value: Any) -> Any:
     """What an error may show of a JSON value of the wrong kind: a scalar itself (text as an excerpt), else its kind."""
     if isinstance(value, str):
-        return quoted(value)
+        return excerpt(value)
     if value is None or isinstance(value, bool | int | float):
         return value
     return "an object" if isinstance(value, dict) else "a list" if isinstance(value, list) else type(value).__name__

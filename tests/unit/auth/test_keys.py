@@ -57,7 +57,7 @@ def test_expires_at_must_be_a_timestamp_and_is_not_quoted_whole(text):
     d = refused(lambda: body(expires_at=text))
     assert time.perf_counter() - started < 0.05
     assert d["field"] == "expires_at" and d["constraint"].startswith("must be an RFC 3339 timestamp")
-    assert len(d["value"]) < 80
+    assert len(d["value"]) < 100
 
 
 def test_expires_at_in_the_past_and_valid_forms():
