@@ -47,8 +47,9 @@ class ServiceSpec:
     name: str
     setup: Callable[[ServiceApp], Awaitable[None]]
     settings_cls: type[ServiceSettings] = ServiceSettings
+    # A service with storage declares its migrations folder: its schema is migrated at start and `app.db` is a pool
+    # on it. Without one the service creates no schema and opens no Postgres pool.
     migrations: pathlib.Path | None = None
-    uses_db: bool = True
     uses_redis: bool = True
 
 
@@ -170,13 +171,12 @@ class ServiceApp:
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def start(self) -> int:
         s = self.settings
-        if self.spec.uses_db:
-            if self.spec.migrations is not None:
-                conn = await asyncpg.connect(s.database_url)
-                try:
-                    await db.migrate(conn, s.db_schema, db.load_migrations(self.spec.migrations))
-                finally:
-                    await conn.close()
+        if self.spec.migrations is not None:
+            conn = await asyncpg.connect(s.database_url)
+            try:
+                await db.migrate(conn, s.db_schema, db.load_migrations(self.spec.migrations))
+            finally:
+                await conn.close()
             self.db = await db.create_pool(
                 s.database_url, s.db_schema, min_size=s.db_pool_min, max_size=s.db_pool_max,
                 app_name=f"llmlab-{self.name}",
