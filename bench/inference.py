@@ -26,7 +26,7 @@ import httpx  # noqa: E402
 from _stack import admin_key, percentile, running_platform  # noqa: E402
 from prompts import BATCH, LONG  # noqa: E402
 
-from services.inference.importer import default_cache_dir  # noqa: E402
+from services.inference.artifacts import default_cache_dir  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 

@@ -12,7 +12,7 @@ from llmlab.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from llmlab.runtime import load_settings
 from llmlab.runtime.server import ServiceApp
 from services.inference.app import SPEC
-from services.inference.registry import ModelRegistry, NewModel
+from services.inference.models.registry import ModelRegistry, NewModel
 
 KEY_ENV = "LLMLAB_TEST_UPSTREAM_KEY"
 

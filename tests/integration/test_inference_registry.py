@@ -12,8 +12,8 @@ import pytest
 
 from llmlab.runtime import AlreadyExists, InvalidArgument
 from llmlab.runtime.db import create_pool, load_migrations, migrate
-from services.inference.importer import Manifest
-from services.inference.registry import ModelFilter, ModelNotFound, ModelRegistry, NewModel, encode_cursor
+from services.inference.artifacts import Manifest
+from services.inference.models.registry import ModelFilter, ModelNotFound, ModelRegistry, NewModel, encode_cursor
 
 pytestmark = pytest.mark.integration
 

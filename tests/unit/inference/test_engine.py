@@ -19,7 +19,7 @@ from services.inference.engine import (
     ModelArtifact,
     collect,
 )
-from services.inference.types import GenerationEvent, GenerationRequest, SamplingParams
+from services.inference.domain import GenerationEvent, GenerationRequest, SamplingParams
 
 _ids = itertools.count()
 TEXTS = [

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from services.inference.engine import RequestSampler, sample_batch
-from services.inference.types import SamplingParams
+from services.inference.domain import SamplingParams
 
 
 def sampler(prompt: tuple[int, ...] = (), **params: object) -> RequestSampler:

@@ -13,7 +13,9 @@ import zipfile
 
 import pytest
 
-from services.inference import importer
+from services.inference import artifacts
+from services.inference.importer import catalogue, gguf_to_hf
+from services.inference.importer import convert as importer
 from services.inference.importer import (
     MANIFEST_NAME,
     CatalogueEntry,
@@ -48,7 +50,7 @@ def fake_gguf(directory: pathlib.Path, content: bytes = b"GGUF fake weights") ->
 
 
 def entry_for(sha: str, **kw) -> CatalogueEntry:
-    base = importer.CATALOGUE["smollm2-135m-instruct"]
+    base = catalogue.CATALOGUE["smollm2-135m-instruct"]
     return dataclasses.replace(base, gguf_filename="model.gguf", gguf_sha256=sha, **kw)
 
 
@@ -201,7 +203,7 @@ def test_interrupted_build_never_looks_complete(tmp_path):
 
 
 def test_import_returns_cached_artifact_without_building(tmp_path, monkeypatch):
-    entry = importer.CATALOGUE["smollm2-135m-instruct"]
+    entry = catalogue.CATALOGUE["smollm2-135m-instruct"]
     publish_fake(tmp_path, sha=entry.gguf_sha256)
 
     def no_build(*a, **k):
@@ -215,7 +217,7 @@ def test_import_returns_cached_artifact_without_building(tmp_path, monkeypatch):
 
 
 def test_import_rebuilds_when_cache_is_stale_or_broken_or_forced(tmp_path, monkeypatch):
-    entry = importer.CATALOGUE["smollm2-135m-instruct"]
+    entry = catalogue.CATALOGUE["smollm2-135m-instruct"]
     builds: list[str] = []
 
     def fake(entry_, cache_dir, venv, progress):
@@ -241,14 +243,14 @@ def test_import_rebuilds_when_cache_is_stale_or_broken_or_forced(tmp_path, monke
 
 def test_concurrent_imports_build_once(tmp_path, monkeypatch):
     """Two imports at once (make up and a manual run): the second waits for the lock, then hits the cache."""
-    entry = importer.CATALOGUE["smollm2-135m-instruct"]
+    entry = catalogue.CATALOGUE["smollm2-135m-instruct"]
     builds: list[int] = []
 
     def slow_build(entry_, cache_dir, venv, progress):
         builds.append(1)
         time.sleep(0.3)
         path = publish_fake(cache_dir, sha=entry_.gguf_sha256)
-        return importer.ModelArtifact(path, read_manifest(path))
+        return importer.CachedArtifact(path, read_manifest(path))
 
     monkeypatch.setattr(importer, "_build", slow_build)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
@@ -262,7 +264,7 @@ def test_unknown_model_is_refused(tmp_path):
 
 
 def test_cli_cache_hit_exits_zero(tmp_path, capsys):
-    entry = importer.CATALOGUE["smollm2-135m-instruct"]
+    entry = catalogue.CATALOGUE["smollm2-135m-instruct"]
     publish_fake(tmp_path, sha=entry.gguf_sha256)
     assert importer.main(["--cache", str(tmp_path)]) == 0
     assert "model cached at" in capsys.readouterr().out
@@ -336,8 +338,10 @@ def test_venv_problems_accept_local_version_suffix():
     assert any("torch 2.9.0" in p for p in problems) and any("onnx_ir" in p for p in problems)
 
 
-def test_module_imports_only_the_standard_library():
-    """The conversion venv runs this file; it must not need the service's dependencies at import time."""
-    src = pathlib.Path(importer.__file__).read_text()
+@pytest.mark.parametrize("module", [gguf_to_hf, artifacts])
+def test_module_imports_only_the_standard_library(module):
+    """The conversion venv runs gguf_to_hf.py, and serving reads artifacts.py beside Triton's model tooling: neither
+    may need the service's dependencies at import time."""
+    src = pathlib.Path(module.__file__).read_text()
     top = [ln for ln in src.splitlines() if ln.startswith(("import ", "from "))]
     assert all(ln.split()[1].split(".")[0] in {"__future__", *os.sys.stdlib_module_names} for ln in top), top

@@ -17,9 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .openai_protocol import ChatPlan, CompletionPlan, ProtocolError
-from .openai_tools import OutputProcessor, ToolCall, extract_json_object
-from .types import GenerationEvent, TokenLogprob, Usage
+from ..domain import GenerationEvent, TokenLogprob, Usage
+from .plan import ChatPlan, CompletionPlan
+from .tools import OutputProcessor, ToolCall, extract_json_object
+from .validation import ProtocolError
 
 DONE = b"data: [DONE]\n\n"
 SERVER_ERROR_MESSAGE = "The server had an error while processing your request. Sorry about that!"

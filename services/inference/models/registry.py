@@ -7,7 +7,7 @@ import datetime as dt
 import json
 import re
 import uuid as uuidlib
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -15,7 +15,7 @@ import asyncpg
 
 from llmlab.runtime import AlreadyExists, InvalidArgument, NotFound
 
-from .importer import Manifest
+from ..artifacts import Manifest
 
 BACKENDS = ("onnx", "triton", "openai")
 STATUSES = ("available", "loading", "unavailable", "deprecated")
@@ -25,7 +25,7 @@ SIZE_CLASSES = ("small", "medium", "large", "xl")
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9._/-]{0,127}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Keys that would hold a secret; backend_config names the env var instead (api_key_env).
-_SECRET_KEYS = {"api_key", "apikey", "key", "token", "secret", "password", "authorization"}
+SECRET_KEYS = {"api_key", "apikey", "key", "token", "secret", "password", "authorization"}
 
 
 class ModelNotFound(NotFound):
@@ -182,7 +182,7 @@ def validate_backend(backend: str, config: Mapping[str, Any]) -> None:
     """Raise InvalidArgument unless `config` is what `backend` needs, and holds no secret."""
     if backend not in BACKENDS:
         raise InvalidArgument(f"backend must be one of {', '.join(BACKENDS)}", field_violations=[("backend", backend)])
-    secret = sorted(k for k in config if k.lower().replace("-", "_") in _SECRET_KEYS)
+    secret = sorted(k for k in config if k.lower().replace("-", "_") in SECRET_KEYS)
     if secret:
         raise InvalidArgument(
             "backend_config must not hold credentials; name the environment variable that holds the key in "
@@ -284,6 +284,17 @@ class ModelRegistry:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        self._listeners: list[Callable[[ModelRecord], Awaitable[None]]] = []
+
+    def on_change(self, listener: Callable[[ModelRecord], Awaitable[None]]) -> None:
+        """Call `listener(record)` after every write this registry makes (the model manager's cache drops it)."""
+        self._listeners.append(listener)
+
+    async def _changed(self, row: asyncpg.Record) -> ModelRecord:
+        record = ModelRecord.from_record(row)
+        for listener in self._listeners:
+            await listener(record)
+        return record
 
     async def list(
         self,
@@ -367,7 +378,7 @@ class ModelRegistry:
             ) from None
         except asyncpg.CheckViolationError as e:
             raise InvalidArgument(f"model rejected by constraint {e.constraint_name}") from None
-        return ModelRecord.from_record(row)
+        return await self._changed(row)
 
     async def update(self, key: str, changes: Mapping[str, Any]) -> ModelRecord:
         """Change the given fields of the model with slug or UUID `key`. `config` is merged at the top level
@@ -403,7 +414,7 @@ class ModelRegistry:
                 f"UPDATE models SET {', '.join(sets)}, updated_at = now() WHERE id = ${len(params)} RETURNING *",
                 *params,
             )
-        return ModelRecord.from_record(row)
+        return await self._changed(row)
 
     async def ensure_default(self, manifest: Manifest) -> ModelRecord:
         """Upsert the embedded model from its import manifest (at service start). Artifact-derived fields follow
@@ -453,7 +464,7 @@ class ModelRegistry:
         )
         if row is None:  # present and unchanged
             return await self.get(manifest.id)
-        return ModelRecord.from_record(row)
+        return await self._changed(row)
 
     async def _locked(self, conn: asyncpg.Connection, key: str) -> ModelRecord:
         row = await conn.fetchrow("SELECT * FROM models WHERE id = $1 FOR UPDATE", key)

@@ -1,13 +1,15 @@
 """OpenAIService: `/v1/models`, `/v1/completions`, `/v1/chat/completions` - proto and HTTP bodies in, OpenAI JSON out.
 
-Validation, prompt building and rendering live in openai_protocol/openai_render; this module only runs the plan:
-it resolves the model, fans the choices out to the backend, and writes one `application/json` body or SSE frames.
+The trace of `POST /v1/chat/completions`: Envoy transcodes it to CreateChatCompletion with the body as HttpBody ->
+protocol.parse_chat_request (validation) -> one cached model lookup (models.manager) -> plan.build_chat_plan with
+the backend's chat template and limits -> Backend.generate per choice (backends/) -> render (one JSON body or SSE
+frames). This module only translates and runs that sequence.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from google.api import httpbody_pb2
@@ -18,14 +20,17 @@ from llmlab.inference.v1 import openai_service_pb2_grpc as pb_grpc
 from llmlab.runtime import DomainError, Internal, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from llmlab.runtime.context import current_request_id
 
-from . import openai_protocol as oai
-from . import openai_render as render
-from .backends import BackendRequest
-from .generation import merge_streams
-from .models import ModelManager, OnnxBackend
-from .registry import ModelNotFound, ModelRecord
-from .types import GenerationEvent, GenerationRequest
-from .usage import UsageRecorder
+from ..backends import Backend, BackendRequest
+from ..domain import GenerationEvent
+from ..generation import merge_streams
+from ..models.manager import ModelManager
+from ..models.registry import ModelNotFound, ModelRecord
+from ..usage import UsageRecorder
+from . import render
+from .models import ModelInfo, ModelPricing, list_models, parse_model_query, render_model
+from .plan import ChatPlan, CompletionPlan, EngineLimits, build_chat_plan, build_completion_plan
+from .protocol import parse_chat_request, parse_completion_request
+from .validation import ProtocolError, model_not_found
 
 JSON = "application/json"
 SSE = "text/event-stream"
@@ -34,7 +39,7 @@ _STATUS_ERRORS: dict[int, type[DomainError]] = {
 }
 
 
-def protocol_error(err: oai.ProtocolError) -> DomainError:
+def protocol_error(err: ProtocolError) -> DomainError:
     """An OpenAI-style refusal as a domain error the gateway renders as `{"error": {message, type, param, code}}`."""
     cls = _STATUS_ERRORS.get(err.status, Internal if err.status >= 500 else InvalidArgument)
     metadata = {"type": err.type}
@@ -44,8 +49,8 @@ def protocol_error(err: oai.ProtocolError) -> DomainError:
     return cls(err.message, reason=(err.code or "").upper(), metadata=metadata, http_status=status)
 
 
-def model_info(record: ModelRecord) -> oai.ModelInfo:
-    return oai.ModelInfo(
+def model_info(record: ModelRecord) -> ModelInfo:
+    return ModelInfo(
         id=record.id,
         name=record.name,
         provider=record.provider,
@@ -55,7 +60,7 @@ def model_info(record: ModelRecord) -> oai.ModelInfo:
         description=record.description,
         context_length=record.context_window,
         max_output_tokens=record.max_tokens,
-        pricing=oai.ModelPricing(
+        pricing=ModelPricing(
             input_tokens=record.input_cost_per_token * 1000, output_tokens=record.output_cost_per_token * 1000
         ),
         capabilities=tuple(record.capabilities),
@@ -65,8 +70,17 @@ def model_info(record: ModelRecord) -> oai.ModelInfo:
     )
 
 
+def engine_limits(backend: Backend) -> EngineLimits:
+    limits = backend.limits()
+    return EngineLimits(context_length=limits.context_length, max_output_tokens=limits.max_output_tokens,
+                        vocab_size=limits.vocab_size)
+
+
 def _body(data: bytes, content_type: str) -> httpbody_pb2.HttpBody:
     return httpbody_pb2.HttpBody(content_type=content_type, data=data)
+
+
+Streams = list[AsyncGenerator[GenerationEvent, None]]
 
 
 class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
@@ -79,123 +93,131 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
     # -- models ---------------------------------------------------------------------------------------------------
     async def ListOpenAIModels(self, request: pb.ListOpenAIModelsRequest, context: Any) -> pb.ListOpenAIModelsResponse:
         try:
-            query = oai.parse_model_query(
+            query = parse_model_query(
                 request.category, request.size, request.provider,
                 request.page if request.HasField("page") else None,
                 request.per_page if request.HasField("per_page") else None,
             )
-        except oai.ProtocolError as err:
+        except ProtocolError as err:
             raise protocol_error(err) from None
         records = await self._models.registry.list(limit=1000)
-        listing = oai.list_models([model_info(r) for r in records], query)
+        listing = list_models([model_info(r) for r in records], query)
         return json_format.ParseDict(listing, pb.ListOpenAIModelsResponse(), ignore_unknown_fields=True)
 
     async def GetOpenAIModel(self, request: pb.GetOpenAIModelRequest, context: Any) -> pb.OpenAIModel:
-        record = await self._record(request.id)
-        return json_format.ParseDict(oai.render_model(model_info(record)), pb.OpenAIModel(), ignore_unknown_fields=True)
-
-    async def _record(self, model: str) -> ModelRecord:
         try:
-            return await self._models.record(model)
+            record = await self._models.record(request.id)
         except ModelNotFound:
-            raise protocol_error(oai.model_not_found(model)) from None
+            raise protocol_error(model_not_found(request.id)) from None
+        return json_format.ParseDict(render_model(model_info(record)), pb.OpenAIModel(), ignore_unknown_fields=True)
+
+    async def _resolve(self, model: str) -> tuple[ModelRecord, Backend]:
+        try:
+            return await self._models.resolve(model)
+        except ModelNotFound:
+            raise protocol_error(model_not_found(model)) from None
 
     # -- generation -----------------------------------------------------------------------------------------------
     async def CreateChatCompletion(
         self, request: pb.CreateChatCompletionRequest, context: Any
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
         try:
-            req = oai.parse_chat_request(request.http_body.data)
-        except oai.ProtocolError as err:
+            req = parse_chat_request(request.http_body.data)
+        except ProtocolError as err:
             raise protocol_error(err) from None
-        record = await self._record(req.model)
-        _, backend = await self._models.backend(record.id)
+        record, backend = await self._resolve(req.model)
         try:
-            if isinstance(backend, OnnxBackend):
-                tok = backend.engine.tokenizer
-                plan = oai.build_chat_plan(
-                    req, lambda turns, gen: tok.render_chat(turns, add_generation_prompt=gen), self._limits(backend)
-                )
-                ids = tok.encode(plan.prompt)
-                params = plan.sampling_params(len(ids))
-                streams = [backend.engine.generate(GenerationRequest(f"{current_request_id()}-{i}", ids, p))
-                           for i, p in enumerate(params)]
-            else:
-                plan = oai.build_chat_plan(req, oai.chatml, oai.EngineLimits(context_length=record.context_window))
-                params = plan.sampling_params(0)
-                messages = [{"role": t["role"], "content": t["content"]} for t in oai.render_conversation(req.messages)]
-                streams = [backend.generate(BackendRequest(f"{current_request_id()}-{i}", record, p, messages=messages))
-                           for i, p in enumerate(params)]
-        except oai.ProtocolError as err:
+            plan, streams = self._chat(req, record, backend)
+        except ProtocolError as err:
             raise protocol_error(err) from None
-        backend_name = getattr(backend, "backend", record.backend)
         if plan.stream:
             renderer = render.ChatCompletionStream(plan, model=req.model)
-            async for frame in self._stream(renderer, streams, record, backend_name, "/v1/chat/completions"):
+            async for frame in self._stream(renderer, streams, record, backend.kind, "/v1/chat/completions"):
                 yield frame
             return
         results, finals, latency_ms = await self._collect(streams, plan.n)
-        usage = await self._usage.record(endpoint="/v1/chat/completions", model=record, backend=backend_name,
+        usage = await self._usage.record(endpoint="/v1/chat/completions", model=record, backend=backend.kind,
                                          finals=finals, latency_ms=latency_ms)
         try:
             body = render.render_chat_completion(plan, results, model=req.model, usage=usage)
-        except oai.ProtocolError as err:
+        except ProtocolError as err:
             raise protocol_error(err) from None
         yield _body(render.json_bytes(body), JSON)
+
+    def _chat(self, req: Any, record: ModelRecord, backend: Backend) -> tuple[ChatPlan, Streams]:
+        """The plan and one backend stream per choice. A backend that renders its own chat (an OpenAI-compatible
+        upstream) gets the messages, tools, tool_choice and response_format; the others get the prompt our plan
+        rendered with their template, tokenized once here to size max_tokens."""
+        limits = engine_limits(backend)
+        rid = current_request_id()
+        if backend.native_chat:
+            plan = build_chat_plan(req, None, limits)
+            return plan, [
+                backend.generate(BackendRequest(f"{rid}-{i}", record, p, messages=plan.messages, **plan.native))
+                for i, p in enumerate(plan.sampling_params(0))
+            ]
+        plan = build_chat_plan(req, backend.render_chat, limits)
+        ids = backend.tokenize(plan.prompt)
+        params = plan.sampling_params(len(ids) if ids is not None else 0)
+        return plan, [
+            backend.generate(BackendRequest(f"{rid}-{i}", record, p, prompt=plan.prompt, prompt_token_ids=ids))
+            for i, p in enumerate(params)
+        ]
 
     async def CreateCompletion(
         self, request: pb.CreateCompletionRequest, context: Any
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
         try:
-            req = oai.parse_completion_request(request.http_body.data)
-        except oai.ProtocolError as err:
+            req = parse_completion_request(request.http_body.data)
+        except ProtocolError as err:
             raise protocol_error(err) from None
-        record = await self._record(req.model)
-        _, backend = await self._models.backend(record.id)
-        if not isinstance(backend, OnnxBackend):
-            raise protocol_error(oai.ProtocolError(
-                f"The model '{record.id}' is served by a remote backend; use /v1/chat/completions with it.",
-                "model", "unsupported_model"))
-        tok = backend.engine.tokenizer
+        record, backend = await self._resolve(req.model)
         try:
-            plan = oai.build_completion_plan(req, self._limits(backend))
-            streams = []
-            prompt_texts = []
-            for p_index, prompt in enumerate(plan.prompts):
-                ids = list(prompt.token_ids) if prompt.token_ids is not None else tok.encode(prompt.text or "")
-                prompt_texts.append(prompt.text if prompt.text is not None else tok.decode(ids))
-                if not ids:
-                    raise oai.ProtocolError("Invalid 'prompt': the prompt is empty.", "prompt", "invalid_value")
-                for i, params in enumerate(plan.sampling_params(len(ids))):
-                    rid = f"{current_request_id()}-{p_index * plan.n + i}"
-                    streams.append(backend.engine.generate(GenerationRequest(rid, ids, params)))
-        except oai.ProtocolError as err:
+            plan, prompt_texts, streams = self._completion(req, record, backend)
+        except ProtocolError as err:
             raise protocol_error(err) from None
         if plan.stream:
             renderer = render.CompletionStream(plan, model=req.model, prompt_texts=prompt_texts)
-            async for frame in self._stream(renderer, streams, record, "onnx", "/v1/completions"):
+            async for frame in self._stream(renderer, streams, record, backend.kind, "/v1/completions"):
                 yield frame
             return
         results, finals, latency_ms = await self._collect(streams, plan.choice_count)
-        usage = await self._usage.record(endpoint="/v1/completions", model=record, backend="onnx",
+        usage = await self._usage.record(endpoint="/v1/completions", model=record, backend=backend.kind,
                                          finals=finals, latency_ms=latency_ms)
         try:
             body = render.render_completion(plan, results, model=req.model, prompt_texts=prompt_texts, usage=usage)
-        except oai.ProtocolError as err:
+        except ProtocolError as err:
             raise protocol_error(err) from None
         yield _body(render.json_bytes(body), JSON)
 
-    # -- helpers --------------------------------------------------------------------------------------------------
-    def _limits(self, backend: OnnxBackend) -> oai.EngineLimits:
-        engine = backend.engine
-        return oai.EngineLimits(
-            context_length=engine.max_seq_len,
-            max_output_tokens=min(backend.model.max_tokens, engine.max_seq_len),
-            vocab_size=engine.tokenizer.vocab_size,
-        )
+    def _completion(self, req: Any, record: ModelRecord, backend: Backend) -> tuple[CompletionPlan, list[str],
+                                                                                       Streams]:
+        """The plan, each prompt's text (for echo) and one backend stream per choice (prompt index * n + i)."""
+        plan = build_completion_plan(req, engine_limits(backend))
+        streams: Streams = []
+        prompt_texts: list[str] = []
+        for p_index, prompt in enumerate(plan.prompts):
+            if prompt.token_ids is not None:
+                ids: list[int] | None = list(prompt.token_ids)
+                text = backend.detokenize(prompt.token_ids)
+                if text is None:
+                    raise ProtocolError("Invalid 'prompt': token-id prompts are not supported by this model.",
+                                        "prompt", "unsupported_parameter")
+            else:
+                text = prompt.text or ""
+                ids = backend.tokenize(text)
+            prompt_texts.append(text)
+            if not (ids if ids is not None else text):
+                raise ProtocolError("Invalid 'prompt': the prompt is empty.", "prompt", "invalid_value")
+            for i, params in enumerate(plan.sampling_params(len(ids) if ids is not None else 0)):
+                rid = f"{current_request_id()}-{p_index * plan.n + i}"
+                streams.append(backend.generate(BackendRequest(rid, record, params, prompt=text,
+                                                               prompt_token_ids=ids)))
+        return plan, prompt_texts, streams
 
-    async def _collect(self, streams: list, choices: int) -> tuple[list[render.ChoiceResult], list[GenerationEvent],
-                                                                   float]:
+    # -- helpers --------------------------------------------------------------------------------------------------
+    async def _collect(self, streams: Streams, choices: int) -> tuple[list[render.ChoiceResult],
+                                                                       list[GenerationEvent], float]:
         started = time.perf_counter()
         results = [render.ChoiceResult() for _ in range(choices)]
         finals: list[GenerationEvent] = []
@@ -206,7 +228,7 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
         return results, finals, (time.perf_counter() - started) * 1000
 
     async def _stream(
-        self, renderer: Any, streams: list, record: ModelRecord, backend: str, endpoint: str
+        self, renderer: Any, streams: Streams, record: ModelRecord, backend: str, endpoint: str
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
         """SSE frames. Errors before the first frame keep their HTTP status; later ones are sent in-band."""
         started = time.perf_counter()
@@ -214,7 +236,7 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
         events = merge_streams(streams)
         try:
             first = await anext(events, None)  # the engine refuses (overloaded, too long) before any frame is sent
-        except oai.ProtocolError as err:
+        except ProtocolError as err:
             raise protocol_error(err) from None
         for frame in renderer.start():
             yield _body(frame, SSE)
