@@ -21,8 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT)]
 
-from services.inference.engine import Engine, EngineConfig  # noqa: E402
 from services.inference.domain import GenerationRequest, SamplingParams  # noqa: E402
+from services.inference.engine import Engine, EngineConfig  # noqa: E402
 
 LONG = (
     "You are reviewing a short report about renewable energy. The report says that solar panel prices fell "

@@ -14,8 +14,6 @@ import zipfile
 import pytest
 
 from services.inference import artifacts
-from services.inference.importer import catalogue, gguf_to_hf
-from services.inference.importer import convert as importer
 from services.inference.importer import (
     MANIFEST_NAME,
     CatalogueEntry,
@@ -23,13 +21,16 @@ from services.inference.importer import (
     Manifest,
     ManifestError,
     build_manifest,
+    catalogue,
     find_cached,
     format_model_size,
+    gguf_to_hf,
     import_model,
     publish,
     read_manifest,
     verify_artifact,
 )
+from services.inference.importer import convert as importer
 
 GENAI_CONFIG = {"model": {"context_length": 8192, "bos_token_id": 1, "eos_token_id": 2, "vocab_size": 49152}}
 HF_INFO = {

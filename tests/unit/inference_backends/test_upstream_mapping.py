@@ -9,8 +9,8 @@ import pytest
 from llmlab.runtime import InvalidArgument
 from services.inference.backends import BackendRequest, remote_backend
 from services.inference.backends.upstream import UpstreamBackend, _choice_logprobs
-from services.inference.models.registry import ModelRecord, validate_backend
 from services.inference.domain import SamplingParams
+from services.inference.models.registry import ModelRecord, validate_backend
 
 
 def record(**kw) -> ModelRecord:

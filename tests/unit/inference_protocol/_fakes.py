@@ -9,6 +9,7 @@ from typing import Any
 import httpx2
 import openai
 
+from services.inference.domain import GenerationEvent, TokenLogprob, TopLogprob, Usage
 from services.inference.openai import (
     ChatCompletionRequest,
     ChatPlan,
@@ -31,7 +32,6 @@ from services.inference.openai.render import (
     render_chat_completion,
     render_completion,
 )
-from services.inference.domain import GenerationEvent, TokenLogprob, TopLogprob, Usage
 
 LIMITS = EngineLimits(context_length=8192, max_output_tokens=2048, vocab_size=49152)
 

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 
+from services.inference.domain import SamplingParams
 from services.inference.openai import (
     EngineLimits,
     ProtocolError,
@@ -16,7 +17,6 @@ from services.inference.openai import (
     render_conversation,
 )
 from services.inference.openai.tools import JsonOutput, PlainOutput, ToolCallOutput
-from services.inference.domain import SamplingParams
 
 from ._fakes import LIMITS, WEATHER, chat, chat_plan, completion
 
