@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 
-from llmlab.runtime import AlreadyExists, InvalidArgument, NotFound
+from llmlab.runtime import AlreadyExists, InvalidArgument, NotFound, validation_error
 
 from ..artifacts import Manifest
 
@@ -216,10 +216,29 @@ def validate_backend(backend: str, config: Mapping[str, Any]) -> None:
             )
 
 
+def refuse_nul(field: str, value: Any) -> None:
+    """Postgres refuses NUL in text and jsonb (a 500 if it got there): a 400 naming the field instead. Walks lists
+    and objects (config, parameters) too."""
+    stack = [(field, value)]
+    while stack:
+        name, v = stack.pop()
+        if isinstance(v, str):
+            if "\x00" in v:
+                raise validation_error(name, v, "must not contain NUL characters")
+        elif isinstance(v, Mapping):
+            for k, item in v.items():
+                stack.append((name, k))
+                stack.append((f"{name}.{k}" if isinstance(k, str) and "\x00" not in k else name, item))
+        elif isinstance(v, list | tuple):
+            stack.extend((name, item) for item in v)
+
+
 def _validate_values(values: Mapping[str, Any]) -> None:
     def bad(name: str, constraint: str) -> InvalidArgument:
         return InvalidArgument(f"{name} {constraint}", field_violations=[(name, constraint)])
 
+    for key, v in values.items():
+        refuse_nul(key, v)
     if "name" in values and not (isinstance(values["name"], str) and 1 <= len(values["name"].strip()) <= 255):
         raise bad("name", "must be 1..255 characters")
     if "status" in values and values["status"] not in STATUSES:
@@ -251,6 +270,8 @@ def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created, model_id = json.loads(raw)
+        if "\x00" in str(model_id):  # a forged cursor; Postgres would refuse the NUL
+            raise ValueError("NUL in cursor")
         return dt.datetime.fromisoformat(created), str(model_id)
     except (ValueError, TypeError) as e:
         raise InvalidArgument("after is not a cursor this API issued", field_violations=[("after", "invalid")]) from e
@@ -267,6 +288,7 @@ class ModelFilter:
 
     def where(self, args: list[Any]) -> list[str]:
         clauses = []
+        refuse_nul("provider", self.provider)
         for column, value in (
             ("provider", self.provider),
             ("category", self.category),
@@ -332,6 +354,7 @@ class ModelRegistry:
 
     async def find(self, key: str) -> ModelRecord | None:
         """By slug, or by UUID when `key` is one (a slug never parses as a UUID with dashes in place)."""
+        refuse_nul("id", key)
         row = await self._pool.fetchrow("SELECT * FROM models WHERE id = $1", key)
         if row is None:
             as_uuid = _as_uuid(key)
@@ -467,6 +490,7 @@ class ModelRegistry:
         return await self._changed(row)
 
     async def _locked(self, conn: asyncpg.Connection, key: str) -> ModelRecord:
+        refuse_nul("id", key)
         row = await conn.fetchrow("SELECT * FROM models WHERE id = $1 FOR UPDATE", key)
         if row is None and (as_uuid := _as_uuid(key)) is not None:
             row = await conn.fetchrow("SELECT * FROM models WHERE uuid = $1 FOR UPDATE", as_uuid)
