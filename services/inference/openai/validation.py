@@ -79,7 +79,7 @@ def load_json_body(data: bytes | str) -> dict[str, Any]:
     except (ValueError, UnicodeDecodeError):
         raise ProtocolError(MALFORMED_JSON) from None
     except RecursionError:  # nested past the parser's own limit (~1,000 levels)
-        raise _too_deep("body") from None
+        raise _too_deep(_deep_field(data)) from None
     if not isinstance(value, dict):
         raise ProtocolError(
             f"Invalid type for request body: expected an object, but got {kind_of(value)} instead.",
@@ -124,6 +124,28 @@ def _check_text(field: str, text: str) -> None:
     if bad is not None:
         what = "NUL characters (\\u0000)" if bad.group() == "\x00" else "unpaired surrogates"
         raise ProtocolError(f"Invalid '{field}': strings must not contain {what}.", field, "invalid_value")
+
+
+_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _deep_field(data: bytes | str) -> str:
+    """The top-level field under which a body too deep for the parser nests past MAX_JSON_DEPTH ("body" when the
+    body itself is the deep value). Reads tokens only until that depth."""
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes | bytearray) else data
+    depth, key = 0, "body"
+    for token in _TOKENS.finditer(text):
+        t = token.group()
+        if t[0] == '"':
+            if depth == 1:
+                key = t[1:-1]
+        elif t in "[{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return key if len(key) <= 64 else key[:64] + "..."
+        else:
+            depth -= 1
+    return key
 
 
 def _too_deep(field: str) -> ProtocolError:

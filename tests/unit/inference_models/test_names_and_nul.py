@@ -7,7 +7,7 @@ import pytest
 
 from llmlab.runtime import InvalidArgument
 from services.inference.models.catalogue import MAX_NAME_LENGTH, check_generation_defaults, require_name
-from services.inference.models.registry import ModelFilter, decode_cursor, encode_cursor, refuse_nul
+from services.inference.models.registry import ModelFilter, decode_cursor, refuse_nul
 
 
 def violation(exc: pytest.ExceptionInfo) -> tuple[str, str]:
