@@ -58,12 +58,8 @@ async def test_invalid_utf8_is_a_400(http, path):
     assert_openai_400(r, None)
 
 
-def assert_research_400(r, field: str) -> None:
-    assert r.status_code == 400, r.text
-    body = r.json()
-    assert body["error"]["details"]["field"] == field if "details" in body.get("error", {}) else field in r.text
-
-
+# The 60,000-character name is answered 400 once the shared error mapping bounds the value it copies into the
+# gRPC trailer (issue 7 item 1); before that, Envoy resets the oversized trailer into a 503.
 @pytest.mark.parametrize("name", ["n" * 60_000, "n" * 256, "   ", "\u200b\u200b", "bad\u0000name"])
 async def test_research_model_names_are_checked(http, name):
     r = await http.post("/models", json={"name": name, "provider": "local", "model_identifier": "x-name-test"})
@@ -73,8 +69,8 @@ async def test_research_model_names_are_checked(http, name):
     assert all(m["model_identifier"] != "x-name-test" for m in listing.json()["data"])
 
 
-@pytest.mark.parametrize("query", ["provider=%00", "provider=a%00b", "after=%00", "search=%00"])
+@pytest.mark.parametrize("query", ["provider=%00", "provider=a%00b", "after=%00"])
 async def test_nul_in_the_research_list_query_is_a_400(http, query):
     r = await http.get(f"/models?{query}")
     assert r.status_code == 400, r.text
-    assert r.json()["request_id"] if "request_id" in r.json() else True
+    assert query.split("=")[0] in r.text

@@ -131,6 +131,24 @@ def backend_from(obj: Any, provider: str, field: str) -> dict[str, Any]:
     return {"backend": kind, "backend_config": config, "format": "onnx" if kind == "onnx" else "remote"}
 
 
+def in_process() -> dict[str, Any]:
+    """The serving columns of a model without a `backend` object: the engine of this replica."""
+    return {"backend": "onnx", "backend_config": {}, "format": "onnx"}
+
+
+def serving_from(obj: Any, provider: str, field: str) -> dict[str, Any] | None:
+    """The registry's serving columns from a request's `backend` object (see backend_from); None when there is
+    none and the provider does not need one. Triton and OpenAI-compatible providers must say where they serve."""
+    if obj is not None:
+        return backend_from(obj, provider, field)
+    if provider in ("triton", "openai-compatible"):
+        raise validation_error(
+            field, None, f"is required for provider {provider}",
+            message=f"A {provider} model needs {field} to say where it is served",
+        )
+    return None
+
+
 def _renamed(exc: InvalidArgument, prefix: str, field: str, values: Mapping[str, Any]) -> InvalidArgument:
     """A registry validation error about `<prefix>.<key>` as the seed 000 validation error on `<field>.<key>`."""
     if not exc.field_violations:

@@ -18,12 +18,13 @@ from ..generation import merge_streams
 from ..usage import UsageRecorder
 from .catalogue import (
     LAB_SAMPLING,
-    backend_from,
     capabilities_list,
     check_generation_defaults,
+    in_process,
     optional,
     registry_error,
     require_name,
+    serving_from,
     struct_field,
 )
 from .manager import ModelManager
@@ -101,16 +102,8 @@ class LabModels:
         check_generation_defaults("parameters", parameters)
 
         base = await self._models.registry.find(base_model)
-        if backend_obj is not None:
-            serving = backend_from(backend_obj, provider, "parameters.backend")
-        elif provider in ("triton", "openai-compatible"):
-            raise validation_error(
-                "parameters.backend",
-                None,
-                f"is required for provider {provider}",
-                message=f"A {provider} model needs parameters.backend to say where it is served",
-            )
-        elif base is not None:  # a model derived from a registered one is served the same way
+        serving = serving_from(backend_obj, provider, "parameters.backend")
+        if serving is None and base is not None:  # a model derived from a registered one is served the same way
             config = dict(base.backend_config)
             if base.backend == "openai":
                 config.setdefault("model", base.upstream_model)
@@ -120,8 +113,6 @@ class LabModels:
                 "format": base.format,
                 "quantization": base.quantization,
             }
-        else:
-            serving = {"backend": "onnx", "backend_config": {}, "format": "onnx"}
 
         context_window = optional(request, "context_window")
         context_window = context_window if context_window is not None else (base.context_window if base else 2048)
@@ -141,7 +132,7 @@ class LabModels:
             category="chat" if "chat" in capabilities else "text-generation",
             cost_per_token=cost if cost is not None else 0.0, max_tokens=max_tokens, context_window=context_window,
             model_identifier=base.upstream_model if base and base.backend == "openai" else base_model,
-            parameters=parameters or None, **serving,
+            parameters=parameters or None, **(serving or in_process()),
         )  # fmt: skip
         new.status = "available" if self._models.servable(new.backend, model_id, base) else "unavailable"
         try:

@@ -74,38 +74,12 @@ class ModelRecord:
         def obj(v: str | None) -> Any:
             return json.loads(v) if v is not None else None
 
-        return cls(
-            id=r["id"],
-            uuid=str(r["uuid"]),
-            name=r["name"],
-            provider=r["provider"],
-            base_model=r["base_model"],
-            status=r["status"],
-            description=r["description"],
-            model_size=r["model_size"],
-            size_class=r["size_class"],
-            parameter_count=r["parameter_count"],
-            capabilities=list(r["capabilities"]),
-            languages=list(r["languages"]),
-            category=r["category"],
-            owned_by=r["owned_by"],
-            cost_per_token=r["cost_per_token"],
-            input_cost_per_token=r["input_cost_per_token"],
-            output_cost_per_token=r["output_cost_per_token"],
-            max_tokens=r["max_tokens"],
-            context_window=r["context_window"],
-            model_identifier=r["model_identifier"],
-            version=r["version"],
-            config=obj(r["config"]),
-            parameters=obj(r["parameters"]),
-            format=r["format"],
-            quantization=r["quantization"],
-            backend=r["backend"],
-            backend_config=obj(r["backend_config"]),
-            artifact=obj(r["artifact"]),
-            created_at=r["created_at"],
-            updated_at=r["updated_at"],
-        )
+        values = {f.name: r[f.name] for f in fields(cls)}
+        values["uuid"] = str(values["uuid"])
+        values["capabilities"], values["languages"] = list(values["capabilities"]), list(values["languages"])
+        for column in _JSON_COLUMNS:
+            values[column] = obj(values[column])
+        return cls(**values)
 
     @property
     def upstream_model(self) -> str:

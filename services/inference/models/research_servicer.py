@@ -20,10 +20,12 @@ from .catalogue import (
     KNOWN_PROVIDER_NAMES,
     SERVED_THROUGH,
     backend_from,
+    in_process,
     optional,
     registry_error,
     require_name,
     research_columns,
+    serving_from,
     struct_field,
 )
 from .manager import ModelManager
@@ -88,17 +90,7 @@ class ResearchModels:
         identifier = require_name("model_identifier", request.model_identifier)
         config = struct_field(request, "config") or {}
         backend_obj = config.pop("backend", None)
-        if backend_obj is not None:
-            serving = backend_from(backend_obj, provider, "config.backend")
-        elif provider in ("triton", "openai-compatible"):
-            raise validation_error(
-                "config.backend",
-                None,
-                f"is required for provider {provider}",
-                message=f"A {provider} model needs config.backend to say where it is served",
-            )
-        else:
-            serving = {"backend": "onnx", "backend_config": {}, "format": "onnx"}
+        serving = serving_from(backend_obj, provider, "config.backend") or in_process()
         columns = research_columns(config)
         columns.setdefault("max_tokens", min(2048, columns.get("context_window", 2048)))
         columns.setdefault("context_window", max(2048, columns["max_tokens"]))

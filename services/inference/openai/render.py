@@ -245,12 +245,32 @@ class _ChatChoice:
 class _StreamEnd:
     """How both SSE renderers end: the usage chunk and `[DONE]`, or an in-band error and `[DONE]`."""
 
+    object_name: str  # the `object` of every chunk
     plan: Any
+    id: str
+    created: int
+    model: str
+    system_fingerprint: str | None
     _choices: list[Any]
     _closed: bool
 
+    @property
+    def finished(self) -> bool:
+        """Every choice has ended."""
+        return all(c.finished for c in self._choices)
+
     def _chunk(self, choices: list[dict[str, Any]], usage: Usage | None = None, final: bool = False) -> bytes:
-        raise NotImplementedError
+        body: dict[str, Any] = {
+            "id": self.id,
+            "object": self.object_name,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": self.system_fingerprint,
+            "choices": choices,
+        }
+        if self.plan.include_usage:
+            body["usage"] = usage_dict(usage) if final and usage is not None else None
+        return sse_frame(body)
 
     def close(self, usage: Usage | None = None) -> list[bytes]:
         """The usage chunk (with include_usage) and `data: [DONE]`. `usage` defaults to the choices' total."""
@@ -282,6 +302,8 @@ class ChatCompletionStream(_StreamEnd):
     then `data: [DONE]`. Choices interleave by index as their events arrive.
     """
 
+    object_name = "chat.completion.chunk"
+
     def __init__(
         self,
         plan: ChatPlan,
@@ -299,27 +321,9 @@ class ChatCompletionStream(_StreamEnd):
         self._choices = [_ChatChoice(plan.output_processor()) for _ in range(plan.n)]
         self._closed = False
 
-    @property
-    def finished(self) -> bool:
-        """Every choice has ended."""
-        return all(c.finished for c in self._choices)
-
     def should_stop(self, index: int) -> bool:
         """The choice's answer is complete (JSON object closed, tool call closed): the engine may stop it."""
         return self._choices[index].processor.complete
-
-    def _chunk(self, choices: list[dict[str, Any]], usage: Usage | None = None, final: bool = False) -> bytes:
-        body: dict[str, Any] = {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": self.system_fingerprint,
-            "choices": choices,
-        }
-        if self.plan.include_usage:
-            body["usage"] = usage_dict(usage) if final and usage is not None else None
-        return sse_frame(body)
 
     def _delta(self, index: int, delta: dict[str, Any], reason: str | None = None) -> bytes:
         choice = self._choices[index]
@@ -426,6 +430,8 @@ class CompletionStream(_StreamEnd):
     """Renders one completions request's stream, like ChatCompletionStream: `start()` (the echoed prompts),
     `feed(index, event)`, `close()`. Every chunk is a `text_completion` object with one choice."""
 
+    object_name = "text_completion"
+
     def __init__(
         self,
         plan: CompletionPlan,
@@ -446,23 +452,6 @@ class CompletionStream(_StreamEnd):
         self._prompt_logprobs = [list(p) for p in prompt_logprobs]
         self._choices = [_CompletionChoice() for _ in range(plan.choice_count)]
         self._closed = False
-
-    @property
-    def finished(self) -> bool:
-        return all(c.finished for c in self._choices)
-
-    def _chunk(self, choices: list[dict[str, Any]], usage: Usage | None = None, final: bool = False) -> bytes:
-        body: dict[str, Any] = {
-            "id": self.id,
-            "object": "text_completion",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": self.system_fingerprint,
-            "choices": choices,
-        }
-        if self.plan.include_usage:
-            body["usage"] = usage_dict(usage) if final and usage is not None else None
-        return sse_frame(body)
 
     def _text(self, index: int, text: str, tokens: Sequence[TokenLogprob | None], reason: str | None) -> bytes:
         choice = self._choices[index]
