@@ -16,7 +16,8 @@ from ..artifacts import (
     verify_artifact,
 )
 from .catalogue import CATALOGUE, DEFAULT_MODEL, CatalogueEntry
-from .convert import ImportFailed, build_manifest, format_model_size, import_model, main, publish
+from .convert import build_manifest, format_model_size, import_model, main, publish
+from .toolchain import ImportFailed
 
 __all__ = [
     "CATALOGUE",

@@ -27,11 +27,10 @@ import pathlib
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import uuid
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,31 +48,20 @@ from ..artifacts import (
 )
 from .catalogue import CATALOGUE, DEFAULT_MODEL, CatalogueEntry
 from .gguf_to_hf import RESULT_PREFIX
+from .toolchain import (
+    CONVERT_REQUIREMENTS,
+    ImportFailed,
+    Progress,
+    ensure_venv,
+    resolve_venv,
+    run_logged,
+    venv_python,
+)
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[3]
 GGUF_TO_HF = pathlib.Path(__file__).with_name("gguf_to_hf.py")  # run by path in the conversion venv
-
-# The conversion toolchain, pinned to the versions the artifact was verified with (the engine depends on the
-# builder's graph signature). torch must stay pinned: pip resolves 2.13.0 to the CPU wheel on local disk,
-# while an unpinned torch would pull gigabytes of CUDA wheels.
-CONVERT_REQUIREMENTS: dict[str, str] = {
-    "torch": "2.13.0",
-    "transformers": "5.23.0",
-    "gguf": "0.19.0",
-    "accelerate": "1.15.0",
-    "onnxruntime-genai": "0.18.0",
-    "onnx": "1.23.2",
-    "onnx-ir": "1.1.0",
-}
-# Import names that must load in the conversion venv (onnx_ir is needed by the builder but not pulled in by it).
-CONVERT_IMPORTS = ("torch", "transformers", "gguf", "accelerate", "onnxruntime_genai", "onnx", "onnx_ir")
 
 # Files the served artifact must hold, besides the manifest.
 REQUIRED_FILES = ("model.onnx", "genai_config.json", "tokenizer.json", "chat_template.jinja")
-
-
-class ImportFailed(RuntimeError):
-    """The import cannot complete; the message says why and where the logs are."""
 
 
 def write_json_atomic(path: pathlib.Path, data: Any) -> None:
@@ -96,9 +84,6 @@ def format_model_size(parameter_count: int) -> str:
 
 
 # ------------------------------------------------------------------------------------------- the import steps
-
-
-Progress = Callable[[str], None]
 
 
 def _print_progress(line: str) -> None:
@@ -201,114 +186,6 @@ def check_gguf(entry: CatalogueEntry, source: _Source, progress: Progress) -> st
         )
     progress(f"GGUF: sha256 {digest[:16]}... verified ({time.monotonic() - t:.1f} s)")
     return digest
-
-
-def _venv_python(venv: pathlib.Path) -> pathlib.Path:
-    return venv / "bin" / "python"
-
-
-def _probe_venv(python: pathlib.Path) -> dict[str, str | None]:
-    """Installed versions of the pinned distributions in a venv (None when missing or not importable)."""
-    probe = (
-        "import importlib, importlib.metadata as m, json, sys\n"
-        "dists, mods = json.loads(sys.argv[1]), json.loads(sys.argv[2])\n"
-        "out = {}\n"
-        "for d in dists:\n"
-        "    try: out[d] = m.version(d)\n"
-        "    except m.PackageNotFoundError: out[d] = None\n"
-        "for name in mods:\n"
-        "    try: importlib.import_module(name)\n"
-        "    except Exception as e: out['import:' + name] = repr(e)\n"
-        "print(json.dumps(out))\n"
-    )
-    done = subprocess.run(
-        [str(python), "-c", probe, json.dumps(list(CONVERT_REQUIREMENTS)), json.dumps(list(CONVERT_IMPORTS))],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        return dict.fromkeys(CONVERT_REQUIREMENTS)
-    return json.loads(done.stdout)
-
-
-def _venv_problems(found: dict[str, str | None]) -> list[str]:
-    problems = []
-    for dist, want in CONVERT_REQUIREMENTS.items():
-        have = found.get(dist)
-        # A local-version suffix is the same release: 2.13.0+cpu is torch 2.13.0.
-        if have is None or have.split("+")[0] != want:
-            problems.append(f"{dist} {have or 'missing'} (want {want})")
-    problems += [f"{k[7:]} does not import: {v}" for k, v in found.items() if k.startswith("import:")]
-    return problems
-
-
-def resolve_venv(cache_dir: pathlib.Path, explicit: pathlib.Path | None) -> pathlib.Path:
-    """`--venv`, else the repo's `.venv-convert` when it exists, else `<cache>/.venv-convert`."""
-    if explicit is not None:
-        return explicit
-    repo_venv = REPO_ROOT / ".venv-convert"
-    if _venv_python(repo_venv).exists():
-        return repo_venv
-    return cache_dir / ".venv-convert"
-
-
-def ensure_venv(venv: pathlib.Path, logs: pathlib.Path, progress: Progress) -> pathlib.Path:
-    """Step (b): create/reuse the conversion venv and install the pinned toolchain where anything is off."""
-    python = _venv_python(venv)
-    fresh = not python.exists()
-    if fresh:
-        progress(f"venv: creating {venv} (first import only)")
-        done = subprocess.run([sys.executable, "-m", "venv", str(venv)], capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise ImportFailed(f"python -m venv {venv} failed: {done.stderr[-2000:]}")
-    problems = _venv_problems(_probe_venv(python))
-    if not problems:
-        progress(f"venv: reusing {venv} (torch {CONVERT_REQUIREMENTS['torch']} and the converter toolchain)")
-        return python
-    pins = ", ".join(f"{d}=={v}" for d, v in CONVERT_REQUIREMENTS.items())
-    why = "" if fresh else f" ({'; '.join(problems)})"
-    progress(f"venv: installing {pins} into {venv}{why}; a minute or more")
-    reqs = [f"{d}=={v}" for d, v in CONVERT_REQUIREMENTS.items()]
-    _run_logged([str(python), "-m", "pip", "install", *reqs], logs / "pip.log", progress, "pip install")
-    problems = _venv_problems(_probe_venv(python))
-    if problems:
-        raise ImportFailed(f"the conversion venv {venv} is still unusable after pip install: {'; '.join(problems)}")
-    return python
-
-
-def _run_logged(
-    cmd: list[str], log: pathlib.Path, progress: Progress, what: str, *, heartbeat_s: float = 15.0, env=None
-) -> str:
-    """Run `cmd` with its output in `log` (the builder's progress bars are huge); print a line every
-    `heartbeat_s` while it runs. Returns the log's text; raises ImportFailed with its tail on failure."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.monotonic()
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
-        stop = threading.Event()
-
-        def beat() -> None:
-            while not stop.wait(heartbeat_s):
-                progress(f"  ... {what} running, {time.monotonic() - t0:.0f} s")
-
-        ticker = threading.Thread(target=beat, daemon=True)
-        ticker.start()
-        try:
-            rc = proc.wait()
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        finally:
-            stop.set()
-            ticker.join()
-    text = log.read_text(errors="replace")
-    if rc != 0:
-        tail = "\n".join(text.splitlines()[-25:])
-        raise ImportFailed(f"{what} failed (exit {rc}); log: {log}\n{tail}")
-    return text
-
 
 
 def _sha_files(directory: pathlib.Path) -> tuple[ArtifactFile, ...]:
@@ -467,7 +344,7 @@ def _build(
     try:
         venv_dir = resolve_venv(cache_dir, venv)
         progress(f"[1/4] source GGUF of {entry.id}")
-        source = obtain_gguf(entry, cache_dir, progress, venv_python=_venv_python(venv_dir))
+        source = obtain_gguf(entry, cache_dir, progress, venv_python=venv_python(venv_dir))
         gguf_sha = check_gguf(entry, source, progress)
 
         progress("[2/4] conversion venv")
@@ -475,7 +352,7 @@ def _build(
 
         progress("[3/4] GGUF -> Hugging Face fp32 (30-90 s, 1.1 GB of memory)")
         t = time.monotonic()
-        text = _run_logged(
+        text = run_logged(
             [
                 str(python),
                 str(GGUF_TO_HF),
@@ -494,7 +371,7 @@ def _build(
 
         progress(f"[4/4] ONNX graph, {entry.quantization} weights for {entry.execution_provider} (about 15 s)")
         t = time.monotonic()
-        _run_logged(
+        run_logged(
             [
                 str(python), "-m", "onnxruntime_genai.models.builder",
                 "-i", str(hf_dir), "-o", str(out_dir),

@@ -1,7 +1,8 @@
-"""The OpenAI-compatible surface: validation -> protocol (typed requests) -> plan -> backend -> render; servicer.py
-runs them. The public names of the pure modules are re-exported here (the servicer is imported by app.py)."""
+"""The OpenAI-compatible surface: validation -> parsing (into protocol's typed requests) -> plan -> backend ->
+render, run by servicer.py. The pure modules' public names are re-exported here (app.py imports the servicer)."""
 
 from .models import ModelInfo, ModelPricing, ModelQuery, list_models, parse_model_query, render_model
+from .parsing import parse_chat_request, parse_completion_request
 from .plan import (
     ChatPlan,
     CompletionPlan,
@@ -18,8 +19,6 @@ from .protocol import (
     PromptInput,
     ResponseFormat,
     ToolChoice,
-    parse_chat_request,
-    parse_completion_request,
 )
 from .validation import (
     MALFORMED_JSON,

