@@ -162,7 +162,7 @@ class UpstreamBackend:
                             continue
                         text = _choice_text(choice, request.is_chat)
                         calls.feed((choice.get("delta") or {}).get("tool_calls") if request.is_chat else None)
-                        logprobs = _choice_logprobs(choice.get("logprobs"), request.is_chat)
+                        logprobs = choice_logprobs(choice.get("logprobs"), request.is_chat)
                         if choice.get("finish_reason"):
                             finish = choice["finish_reason"]
                         if text or logprobs:
@@ -323,7 +323,7 @@ def _token_bytes(token: str, given: Any) -> list[int]:
     return list(given) if isinstance(given, list) else list(token.encode())
 
 
-def _choice_logprobs(lp: Any, chat: bool) -> list[TokenLogprob]:
+def choice_logprobs(lp: Any, chat: bool) -> list[TokenLogprob]:
     if not isinstance(lp, dict):
         return []
     out: list[TokenLogprob] = []

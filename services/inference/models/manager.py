@@ -93,7 +93,7 @@ class ModelManager:
             return hit[1]
         record = await self.registry.get(key)
         if hit is not None and hit[1] != record:
-            await self._drop_remote(record.id)  # changed in another replica: rebuild its backend from the new record
+            await self._refresh(record)  # changed through another replica
         for k in {key, record.id, record.uuid}:
             self._records[k] = (now + RECORD_TTL_S, record)
         return record
@@ -101,11 +101,15 @@ class ModelManager:
     async def _forget(self, record: ModelRecord) -> None:
         for key in [k for k, (_, r) in self._records.items() if r.id == record.id]:
             del self._records[key]
-        await self._drop_remote(record.id)
+        await self._refresh(record)
 
-    async def _drop_remote(self, model_id: str) -> None:
-        # Not closed yet: requests in flight may still be streaming through it; closed with the service.
-        backend = self._remote.pop(model_id, None)
+    async def _refresh(self, record: ModelRecord) -> None:
+        """A changed record: a loaded engine serves on with the new row; a remote backend is rebuilt from it
+        (the old one is retired, not closed: requests in flight may still stream through it)."""
+        loaded = self.loaded.get(record.id)
+        if loaded is not None:
+            loaded.record = loaded.backend.model = record
+        backend = self._remote.pop(record.id, None)
         if backend is not None:
             self._retired.append(backend)
 
@@ -153,10 +157,6 @@ class ModelManager:
         if record.id not in self._remote:
             self._remote[record.id] = remote_backend(record)
         return record, self._remote[record.id]
-
-    def engine(self, record: ModelRecord) -> Engine | None:
-        loaded = self.loaded.get(record.id)
-        return loaded.engine if loaded else None
 
     def servable(self, backend: str, model_id: str, base: ModelRecord | None) -> bool:
         """Whether generation can reach a model now: a remote backend is configured, or an engine holds it (or the

@@ -8,7 +8,7 @@ import pytest
 
 from llmlab.runtime import InvalidArgument
 from services.inference.backends import BackendRequest, remote_backend
-from services.inference.backends.upstream import UpstreamBackend, _choice_logprobs
+from services.inference.backends.upstream import UpstreamBackend, choice_logprobs
 from services.inference.domain import SamplingParams
 from services.inference.models.registry import ModelRecord, validate_backend
 
@@ -85,7 +85,7 @@ def test_request_needs_exactly_one_of_prompt_and_messages():
 
 
 def test_logprobs_mapping_chat_and_completions():
-    chat = _choice_logprobs(
+    chat = choice_logprobs(
         {
             "content": [
                 {
@@ -99,11 +99,11 @@ def test_logprobs_mapping_chat_and_completions():
         chat=True,
     )
     assert chat[0].token == "Hi" and chat[0].bytes == [72, 105] and chat[0].top_logprobs[0].logprob == -0.1
-    comp = _choice_logprobs(
+    comp = choice_logprobs(
         {"tokens": [" a"], "token_logprobs": [-0.5], "top_logprobs": [{" a": -0.5, " b": -1.5}]}, chat=False
     )
     assert comp[0].token == " a" and comp[0].logprob == -0.5 and [t.token for t in comp[0].top_logprobs] == [" a", " b"]
-    assert _choice_logprobs(None, chat=True) == []
+    assert choice_logprobs(None, chat=True) == []
 
 
 def test_backend_config_validation_never_stores_secrets():
