@@ -254,6 +254,16 @@ class _StreamEnd:
     _choices: list[Any]
     _closed: bool
 
+    def _open(self, plan: Any, model: str, completion_id: str, created: int | None,
+              system_fingerprint: str | None, choices: list[Any]) -> None:
+        self.plan = plan
+        self.id = completion_id
+        self.model = model
+        self.created = int(time.time()) if created is None else created
+        self.system_fingerprint = system_fingerprint
+        self._choices = choices
+        self._closed = False
+
     @property
     def finished(self) -> bool:
         """Every choice has ended."""
@@ -313,13 +323,8 @@ class ChatCompletionStream(_StreamEnd):
         created: int | None = None,
         system_fingerprint: str | None = None,
     ) -> None:
-        self.plan = plan
-        self.id = completion_id or new_id("chatcmpl")
-        self.model = model
-        self.created = int(time.time()) if created is None else created
-        self.system_fingerprint = system_fingerprint
-        self._choices = [_ChatChoice(plan.output_processor()) for _ in range(plan.n)]
-        self._closed = False
+        self._open(plan, model, completion_id or new_id("chatcmpl"), created, system_fingerprint,
+                   [_ChatChoice(plan.output_processor()) for _ in range(plan.n)])
 
     def should_stop(self, index: int) -> bool:
         """The choice's answer is complete (JSON object closed, tool call closed): the engine may stop it."""
@@ -443,15 +448,10 @@ class CompletionStream(_StreamEnd):
         created: int | None = None,
         system_fingerprint: str | None = None,
     ) -> None:
-        self.plan = plan
-        self.id = completion_id or new_id("cmpl")
-        self.model = model
-        self.created = int(time.time()) if created is None else created
-        self.system_fingerprint = system_fingerprint
+        self._open(plan, model, completion_id or new_id("cmpl"), created, system_fingerprint,
+                   [_CompletionChoice() for _ in range(plan.choice_count)])
         self._prompt_texts = list(prompt_texts)
         self._prompt_logprobs = [list(p) for p in prompt_logprobs]
-        self._choices = [_CompletionChoice() for _ in range(plan.choice_count)]
-        self._closed = False
 
     def _text(self, index: int, text: str, tokens: Sequence[TokenLogprob | None], reason: str | None) -> bytes:
         choice = self._choices[index]

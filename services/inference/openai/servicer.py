@@ -9,7 +9,8 @@ frames). This module only translates and runs that sequence.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from google.api import httpbody_pb2
@@ -21,7 +22,7 @@ from llmlab.runtime import DomainError, Internal, InvalidArgument, NotFound, Res
 from llmlab.runtime.context import current_request_id
 
 from ..backends import Backend, BackendRequest
-from ..domain import GenerationEvent
+from ..domain import GenerationEvent, Usage
 from ..generation import merge_streams
 from ..models.manager import ModelManager
 from ..models.registry import ModelNotFound, ModelRecord
@@ -83,6 +84,17 @@ def _body(data: bytes, content_type: str) -> httpbody_pb2.HttpBody:
 Streams = list[AsyncGenerator[GenerationEvent, None]]
 
 
+@dataclass
+class _Run:
+    """One request ready to run: its plan, a backend stream per choice, and how to render the answer."""
+
+    plan: ChatPlan | CompletionPlan
+    streams: Streams
+    choices: int
+    renderer: Callable[[], Any]  # the SSE renderer, for `stream: true`
+    body: Callable[[list[render.ChoiceResult], Usage], dict[str, Any]]
+
+
 class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
     """The OpenAI-compatible surface over the model manager's backends."""
 
@@ -121,30 +133,44 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
     async def CreateChatCompletion(
         self, request: pb.CreateChatCompletionRequest, context: Any
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        async for frame in self._serve(request.http_body.data, "/v1/chat/completions", parse_chat_request, self._chat):
+            yield frame
+
+    async def CreateCompletion(
+        self, request: pb.CreateCompletionRequest, context: Any
+    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        async for frame in self._serve(request.http_body.data, "/v1/completions", parse_completion_request,
+                                       self._completion):
+            yield frame
+
+    async def _serve(
+        self, data: bytes, endpoint: str, parse: Callable[[bytes], Any],
+        prepare: Callable[[Any, ModelRecord, Backend], _Run],
+    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        """Both endpoints: parse -> one model lookup -> plan and backend streams -> SSE frames or one JSON body."""
         try:
-            req = parse_chat_request(request.http_body.data)
+            req = parse(data)
         except ProtocolError as err:
             raise protocol_error(err) from None
         record, backend = await self._resolve(req.model)
         try:
-            plan, streams = self._chat(req, record, backend)
+            run = prepare(req, record, backend)
         except ProtocolError as err:
             raise protocol_error(err) from None
-        if plan.stream:
-            renderer = render.ChatCompletionStream(plan, model=req.model)
-            async for frame in self._stream(renderer, streams, record, backend.kind, "/v1/chat/completions"):
+        if run.plan.stream:
+            async for frame in self._stream(run.renderer(), run.streams, record, backend.kind, endpoint):
                 yield frame
             return
-        results, finals, latency_ms = await self._collect(streams, plan.n)
-        usage = await self._usage.record(endpoint="/v1/chat/completions", model=record, backend=backend.kind,
-                                         finals=finals, latency_ms=latency_ms)
+        results, finals, latency_ms = await self._collect(run.streams, run.choices)
+        usage = await self._usage.record(endpoint=endpoint, model=record, backend=backend.kind, finals=finals,
+                                         latency_ms=latency_ms)
         try:
-            body = render.render_chat_completion(plan, results, model=req.model, usage=usage)
+            body = run.body(results, usage)
         except ProtocolError as err:
             raise protocol_error(err) from None
         yield _body(render.json_bytes(body), JSON)
 
-    def _chat(self, req: Any, record: ModelRecord, backend: Backend) -> tuple[ChatPlan, Streams]:
+    def _chat(self, req: Any, record: ModelRecord, backend: Backend) -> _Run:
         """The plan and one backend stream per choice. A backend that renders its own chat (an OpenAI-compatible
         upstream) gets the messages, tools, tool_choice and response_format; the others get the prompt our plan
         rendered with their template, tokenized once here to size max_tokens."""
@@ -152,46 +178,24 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
         rid = current_request_id()
         if backend.native_chat:
             plan = build_chat_plan(req, None, limits)
-            return plan, [
+            streams = [
                 backend.generate(BackendRequest(f"{rid}-{i}", record, p, messages=plan.messages, **plan.native))
                 for i, p in enumerate(plan.sampling_params(0))
             ]
-        plan = build_chat_plan(req, backend.render_chat, limits)
-        ids = backend.tokenize(plan.prompt)
-        params = plan.sampling_params(len(ids) if ids is not None else 0)
-        return plan, [
-            backend.generate(BackendRequest(f"{rid}-{i}", record, p, prompt=plan.prompt, prompt_token_ids=ids))
-            for i, p in enumerate(params)
-        ]
+        else:
+            plan = build_chat_plan(req, backend.render_chat, limits)
+            ids = backend.tokenize(plan.prompt)
+            streams = [
+                backend.generate(BackendRequest(f"{rid}-{i}", record, p, prompt=plan.prompt, prompt_token_ids=ids))
+                for i, p in enumerate(plan.sampling_params(len(ids) if ids is not None else 0))
+            ]
+        return _Run(
+            plan, streams, plan.n,
+            renderer=lambda: render.ChatCompletionStream(plan, model=req.model),
+            body=lambda results, usage: render.render_chat_completion(plan, results, model=req.model, usage=usage),
+        )
 
-    async def CreateCompletion(
-        self, request: pb.CreateCompletionRequest, context: Any
-    ) -> AsyncIterator[httpbody_pb2.HttpBody]:
-        try:
-            req = parse_completion_request(request.http_body.data)
-        except ProtocolError as err:
-            raise protocol_error(err) from None
-        record, backend = await self._resolve(req.model)
-        try:
-            plan, prompt_texts, streams = self._completion(req, record, backend)
-        except ProtocolError as err:
-            raise protocol_error(err) from None
-        if plan.stream:
-            renderer = render.CompletionStream(plan, model=req.model, prompt_texts=prompt_texts)
-            async for frame in self._stream(renderer, streams, record, backend.kind, "/v1/completions"):
-                yield frame
-            return
-        results, finals, latency_ms = await self._collect(streams, plan.choice_count)
-        usage = await self._usage.record(endpoint="/v1/completions", model=record, backend=backend.kind,
-                                         finals=finals, latency_ms=latency_ms)
-        try:
-            body = render.render_completion(plan, results, model=req.model, prompt_texts=prompt_texts, usage=usage)
-        except ProtocolError as err:
-            raise protocol_error(err) from None
-        yield _body(render.json_bytes(body), JSON)
-
-    def _completion(self, req: Any, record: ModelRecord, backend: Backend) -> tuple[CompletionPlan, list[str],
-                                                                                       Streams]:
+    def _completion(self, req: Any, record: ModelRecord, backend: Backend) -> _Run:
         """The plan, each prompt's text (for echo) and one backend stream per choice (prompt index * n + i)."""
         plan = build_completion_plan(req, engine_limits(backend))
         streams: Streams = []
@@ -213,7 +217,12 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
                 rid = f"{current_request_id()}-{p_index * plan.n + i}"
                 streams.append(backend.generate(BackendRequest(rid, record, params, prompt=text,
                                                                prompt_token_ids=ids)))
-        return plan, prompt_texts, streams
+        return _Run(
+            plan, streams, plan.choice_count,
+            renderer=lambda: render.CompletionStream(plan, model=req.model, prompt_texts=prompt_texts),
+            body=lambda results, usage: render.render_completion(plan, results, model=req.model,
+                                                                 prompt_texts=prompt_texts, usage=usage),
+        )
 
     # -- helpers --------------------------------------------------------------------------------------------------
     async def _collect(self, streams: Streams, choices: int) -> tuple[list[render.ChoiceResult],
