@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 
 import psutil
@@ -18,7 +17,7 @@ from llmlab.runtime.envelope import iso
 from llmlab.sampling import check_sampling
 
 from ..backends import BackendRequest
-from ..domain import GenerationEvent, SamplingParams
+from ..domain import GenerationEvent, SamplingParams, fan_out
 from ..domain import TokenLogprob as EngineLogprob
 from ..generation import merge_streams
 from ..models.manager import ModelManager
@@ -32,10 +31,6 @@ def sampling_params(msg: pb.SamplingParams) -> tuple[SamplingParams, int]:
     n = optional_field(msg, "n", 1)
     check_sampling({"n": n}, prefix="sampling.")
     return sampling_from_proto(msg, {"max_tokens": 256}, prefix="sampling."), n
-
-
-def _choice_params(params: SamplingParams, n: int) -> list[SamplingParams]:
-    return [replace(params, seed=None if params.seed is None else params.seed + i) for i in range(n)]
 
 
 def logprobs_pb(tokens: list[EngineLogprob]) -> list[pb.TokenLogprob]:
@@ -85,7 +80,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                 f"{current_request_id()}-{i}", record, p,
                 prompt=request.prompt if messages is None else None, messages=messages,
             ))
-            for i, p in enumerate(_choice_params(params, n))
+            for i, p in enumerate(fan_out(params, n))
         ]
         return record, streams
 

@@ -13,10 +13,9 @@ from typing import Any
 
 from llmlab.sampling import BOUNDS
 
-from ..domain import SamplingParams
+from ..domain import SamplingParams, fan_out
 from ..engine.chat_template import chatml
 from .protocol import (
-    INT64_MIN,
     ChatCompletionRequest,
     ChatMessage,
     CommonRequest,
@@ -129,12 +128,6 @@ def _base_params(
     )
 
 
-def _choice_seed(seed: int | None, i: int) -> int | None:
-    if seed is None:
-        return None
-    return (seed + i - INT64_MIN) % 2**64 + INT64_MIN  # seed, seed+1, ... wrapped into int64
-
-
 @dataclass
 class _Plan:
     """What both endpoints' plans share: n, the base sampling, and the context arithmetic."""
@@ -166,9 +159,7 @@ class _Plan:
         raise NotImplementedError
 
     def _fan_out(self, max_tokens: int) -> list[SamplingParams]:
-        return [replace(self.base, max_tokens=max_tokens, seed=_choice_seed(self.base.seed, i),
-                        stop=list(self.base.stop), stop_token_ids=list(self.base.stop_token_ids))
-                for i in range(self.n)]
+        return fan_out(replace(self.base, max_tokens=max_tokens), self.n)
 
 
 @dataclass
