@@ -141,7 +141,7 @@ class UpstreamBackend:
         emitted = False
         finish: str | None = None
         usage: Usage | None = None
-        calls = _ToolCallAccumulator()
+        calls = ToolCallAccumulator()
         done = False
         try:
             async with self._client.stream("POST", path, json=body, headers=headers) as resp:
@@ -271,7 +271,7 @@ async def _sse_data(resp: httpx.Response) -> AsyncIterator[str]:
         yield "\n".join(lines)
 
 
-class _ToolCallAccumulator:
+class ToolCallAccumulator:
     """The upstream's streamed `delta.tool_calls` fragments, joined per call index.
 
     They reach the servicer as the `<tool_call>` block our plan's output processor parses (openai/tools.py), so
