@@ -16,8 +16,8 @@ import os
 import statistics
 import time
 
+from services.inference.domain import GenerationRequest, SamplingParams
 from services.inference.engine import Engine, EngineConfig
-from services.inference.types import GenerationRequest, SamplingParams
 
 LONG = (
     "You are reviewing a short report about renewable energy. The report says that solar panel prices fell "

@@ -23,7 +23,7 @@ import httpx
 
 from bench._stack import admin_key, percentile, running_platform
 from bench.prompts import BATCH, LONG
-from services.inference.importer import default_cache_dir
+from services.inference.artifacts import default_cache_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 

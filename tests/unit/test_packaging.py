@@ -33,9 +33,7 @@ ELSEWHERE = {
 
 # Modules that stand in for a standard-library module today, and why they are still here. An entry whose file is
 # gone fails the test below, so this list only shrinks.
-KNOWN_SHADOWS = {
-    "services/inference/types.py": "renamed by the inference service's restructuring (issue 8, item 1)",
-}
+KNOWN_SHADOWS: dict[str, str] = {}
 
 
 def _normalize(name: str) -> str:
