@@ -10,6 +10,7 @@ from typing import Any
 from llmlab.runtime import validation_error
 from llmlab.runtime.errors import excerpt
 from llmlab.runtime.text import scalar, visible_text
+from llmlab.sampling import violation
 
 TYPES = ("single", "batch")
 STATUSES = ("draft", "running", "completed", "failed")
@@ -37,14 +38,8 @@ BULK_PARAMS: dict[str, dict[str, type]] = {
     "tag": {"tags": list, "remove_tags": list},
 }
 
-# (lowest, highest) of each sampling parameter; the constraint text is what clients see.
-PARAMETER_BOUNDS: dict[str, tuple[float, float]] = {
-    "temperature": (0.0, 2.0),
-    "top_p": (0.0, 1.0),
-    "max_tokens": (1, 32768),
-    "frequency_penalty": (-2.0, 2.0),
-    "presence_penalty": (-2.0, 2.0),
-}
+# The sampling parameters an experiment stores; their bounds are the platform's one table (llmlab.sampling).
+PARAMETERS = ("temperature", "top_p", "max_tokens", "frequency_penalty", "presence_penalty")
 DEFAULT_PARAMETERS: dict[str, Any] = {
     "temperature": 0.7,
     "top_p": 1.0,
@@ -59,19 +54,20 @@ def _fmt(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
 
-def _check_number(name: str, value: Any) -> None:
-    low, high = PARAMETER_BOUNDS[name]
+def _check_number(name: str, value: Any, parameter: str | None = None) -> None:
+    """A finite number within the bounds of `parameter` (default: `name`); the error names `name`."""
     if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
         raise validation_error(name, value, "must be a finite number")
-    if not low <= value <= high:
-        raise validation_error(name, value, f"must be between {_fmt(low)} and {_fmt(high)}")
+    constraint = violation(parameter or name, value)
+    if constraint is not None:
+        raise validation_error(name, value, constraint)
 
 
 def validate_parameters(params: dict[str, Any]) -> dict[str, Any]:
     """Validate the given sampling parameters; return them unchanged (only known keys are accepted)."""
     for name, value in params.items():
-        if name not in PARAMETER_BOUNDS:
-            raise validation_error(name, value, f"unknown parameter; expected one of {', '.join(PARAMETER_BOUNDS)}")
+        if name not in PARAMETERS:
+            raise validation_error(name, value, f"unknown parameter; expected one of {', '.join(PARAMETERS)}")
         _check_number(name, value)
     return params
 
@@ -86,9 +82,7 @@ def validate_ranges(ranges: dict[str, Any]) -> dict[str, Any]:
             if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
                 raise validation_error(key, value, "must be greater than 0")
         else:
-            low, high = PARAMETER_BOUNDS[base]
-            if not isinstance(value, int | float) or not math.isfinite(value) or not low <= value <= high:
-                raise validation_error(key, value, f"must be between {_fmt(low)} and {_fmt(high)}")
+            _check_number(key, value, base)
     for base in RANGE_PARAMETERS:
         lo, hi = ranges.get(f"{base}_min"), ranges.get(f"{base}_max")
         if lo is not None and hi is not None and lo > hi:

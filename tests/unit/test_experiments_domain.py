@@ -39,8 +39,8 @@ def test_create_applies_defaults_and_normalises():
     ("params", "field", "value", "constraint"),
     [
         ({"temperature": 3.0}, "temperature", 3.0, "must be between 0 and 2"),
-        ({"top_p": 1.5}, "top_p", 1.5, "must be between 0 and 1"),
-        ({"max_tokens": 0}, "max_tokens", 0, "must be between 1 and 32768"),
+        ({"top_p": 1.5}, "top_p", 1.5, "must be greater than 0 and at most 1"),
+        ({"max_tokens": 0}, "max_tokens", 0, "must be an integer at least 1"),
         ({"presence_penalty": -2.5}, "presence_penalty", -2.5, "must be between -2 and 2"),
         ({"temperature": float("nan")}, "temperature", float("nan"), "must be a finite number"),
     ],
