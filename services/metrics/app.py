@@ -1,13 +1,26 @@
-"""Wiring of the metrics service. Its endpoints answer UNIMPLEMENTED until the metrics issue lands."""
+"""Wiring of the metrics service: its spec (a schema for stored scores, Redis for events) and servicers."""
 
 from __future__ import annotations
 
+import pathlib
+
 from llmlab.runtime import ServiceApp, ServiceSpec
+
+from .repository import ScoreRepository
+from .servicer import MetricsServicer, ScoringServicer
 
 
 async def setup(app: ServiceApp) -> None:
-    app.serve_package("llmlab.metrics.v1", {})
+    assert app.db is not None
+    repo = ScoreRepository(app.db)
+    app.serve_package("llmlab.metrics.v1", {
+        "ScoringService": ScoringServicer(repo, app.events),
+        "MetricsService": MetricsServicer(repo),
+    })
 
 
-# No storage and no events yet: no migrations, no Postgres pool, no Redis client.
-SPEC = ServiceSpec(name="metrics", setup=setup, uses_redis=False)
+SPEC = ServiceSpec(
+    name="metrics",
+    setup=setup,
+    migrations=pathlib.Path(__file__).parent / "migrations",
+)
