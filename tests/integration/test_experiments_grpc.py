@@ -205,7 +205,7 @@ async def test_history_timeline_and_favorites(stub, experiments_app):
     ]
     by_id = {e["id"]: e for e in data["experiments"]}
     assert by_id[b.id]["quality_score"] == 85.0
-    assert by_id[b.id]["summary"] == {"response_count": 1, "total_cost": 0.03, "duration": "3.2s"}
+    assert by_id[b.id]["summary"] == {"response_count": 2, "total_cost": 0.03, "duration": "3.2s"}
     assert by_id[c.id]["quality_score"] is None and by_id[c.id]["summary"]["duration"] is None
 
     fav = await stub.GetExperimentHistory(pb.GetExperimentHistoryRequest(favorited=True, sort_by="name",
