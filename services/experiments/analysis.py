@@ -117,11 +117,17 @@ def recommendations(records: Sequence[ResponseRecord], impacts: Sequence[Impact]
     elif impacts:
         top = max(impacts, key=lambda i: (abs(i.r), i.parameter))
         direction = "rises" if top.r > 0 else "falls"
-        if abs(top.r) >= 0.3:
+        if abs(top.r) >= 0.3 and top.p_value < ALPHA:
             out.append(
                 f"Quality {direction} with {top.parameter} here (r = {top.r:.2f}, p = {top.p_value:.3f}, "
                 f"n = {top.n}): consider {top.parameter} around {_fmt_param(best.parameters[top.parameter])}, the "
                 f"value of the best response, for similar tasks."
+            )
+        elif abs(top.r) >= 0.3:
+            out.append(
+                f"Quality tends to {'rise' if top.r > 0 else 'fall'} with {top.parameter} (r = {top.r:.2f}), but "
+                f"the correlation is not significant (p = {top.p_value:.3f}, n = {top.n}): generate more responses "
+                f"per setting before settling on a {top.parameter}."
             )
         else:
             out.append(f"No sampling parameter relates clearly to quality here: the largest correlation is "

@@ -44,6 +44,14 @@ class Prices:
     model: str
     input_per_token: float
     output_per_token: float
+    max_output_tokens: int = 0
+
+    def check(self, planned: list[PlannedResponse]) -> None:
+        """Refuse, before anything is stored, a max_tokens the model cannot generate."""
+        for p in planned:
+            if self.max_output_tokens and p.parameters["max_tokens"] > self.max_output_tokens:
+                raise validation_error("max_tokens", p.parameters["max_tokens"],
+                                       f"must be at most {self.max_output_tokens} for model {self.model}")
 
 
 @dataclass
@@ -101,7 +109,7 @@ class Peers:
             raise Unavailable("The inference service cannot be reached; nothing was generated, please retry",
                               reason="INFERENCE_UNAVAILABLE") from None
         m = found.model
-        return Prices(m.id, m.input_price_per_1k / 1000, m.output_price_per_1k / 1000)
+        return Prices(m.id, m.input_price_per_1k / 1000, m.output_price_per_1k / 1000, m.max_output_tokens)
 
 
 class Run:

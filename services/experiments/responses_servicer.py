@@ -129,6 +129,7 @@ class ResponseServicer(pb_grpc.ResponseServiceServicer):
         planned = responses.plan(experiment, specific, request.generate_all,
                                  request.count if request.HasField("count") else None)
         prices = await self._peers.prices(experiment.model)
+        prices.check(planned)
         run = Run(experiment, planned, prices, self._repo, self._peers)
         task = asyncio.create_task(run.run(), name=f"generation-run:{run.id}")
         self._runs.add(task)

@@ -59,7 +59,7 @@ class ScoreRepository:
         sql = f"""INSERT INTO response_scores
                       (response_id, experiment_id, experiment_type, model, response_created_at,
                        {", ".join(_METRIC_COLUMNS)}, perplexity, mean_logprob, detailed_analysis, scorer_version)
-                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15::jsonb, $16)
+                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15::json, $16)
                   ON CONFLICT (response_id) DO UPDATE SET
                       experiment_id = EXCLUDED.experiment_id, experiment_type = EXCLUDED.experiment_type,
                       model = EXCLUDED.model, response_created_at = EXCLUDED.response_created_at,

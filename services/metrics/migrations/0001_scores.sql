@@ -15,7 +15,7 @@ CREATE TABLE response_scores (
     length_appropriateness double precision NOT NULL,
     perplexity             double precision,
     mean_logprob           double precision,
-    detailed_analysis      jsonb NOT NULL,
+    detailed_analysis      json NOT NULL,  -- json, not jsonb: factors keep their documented order
     scorer_version         text NOT NULL,
     calculated_at          timestamptz NOT NULL DEFAULT now()
 );
