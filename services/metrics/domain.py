@@ -10,7 +10,7 @@ from typing import Any
 from llmlab.runtime import NotFound, validation_error
 
 from .scoring import DIMENSIONS, Score
-from .statistics import METRICS, PERIODS
+from .statistical import METRICS, PERIODS
 
 MAX_CONTENT_CHARS = 200_000
 MAX_PROMPT_CHARS = 200_000

@@ -15,7 +15,7 @@ from llmlab.metrics.v1 import scoring_service_pb2_grpc as spb_grpc
 from llmlab.runtime.envelope import iso, meta, utcnow, value
 from llmlab.runtime.streams import EventPublisher
 
-from . import domain, reference, scoring, statistics
+from . import domain, reference, scoring, statistical
 from .repository import ScoreRepository, StoredScore
 
 log = structlog.get_logger(__name__)
@@ -26,7 +26,7 @@ RESPONSES_STREAM = "responses"
 
 def scores_pb(metrics: dict[str, float], perplexity: float | None = None,
               mean_logprob: float | None = None) -> q.QualityScores:
-    out = q.QualityScores(**{m: metrics[m] for m in statistics.METRICS})
+    out = q.QualityScores(**{m: metrics[m] for m in statistical.METRICS})
     if perplexity is not None:
         out.perplexity = perplexity
     if mean_logprob is not None:
@@ -181,12 +181,12 @@ class MetricsServicer(pb_grpc.MetricsServiceServicer):
             raise domain.not_scored(missing)
         rows = [found[i] for i in ids]
         ranges, rankings = pb.MetricRanges(), pb.MetricRankings()
-        for m in statistics.METRICS:
+        for m in statistical.METRICS:
             values = [r.metrics[m] for r in rows]
-            lo, hi, spread = statistics.metric_range(values)
+            lo, hi, spread = statistical.metric_range(values)
             getattr(ranges, m).CopyFrom(pb.MetricRange(min=lo, max=hi, variance=spread))
-            getattr(rankings, f"by_{m}").extend(statistics.ranking(ids, values))
-        sig = statistics.quality_difference(ids, [r.metrics for r in rows])
+            getattr(rankings, f"by_{m}").extend(statistical.ranking(ids, values))
+        sig = statistical.quality_difference(ids, [r.metrics for r in rows])
         return pb.CompareMetricsResponse(success=True, meta=meta(), data=pb.CompareMetricsData(
             comparison=pb.MetricsComparison(
                 responses=[pb.ComparedResponse(id=r.response_id, metrics=_stored_scores(r)) for r in rows],
@@ -212,7 +212,7 @@ class MetricsServicer(pb_grpc.MetricsServiceServicer):
             )
             for d in days
         ]
-        fit = statistics.trend([d.day for d in days], [d.means[query.metric] for d in days])
+        fit = statistical.trend([d.day for d in days], [d.means[query.metric] for d in days])
         summary = pb.TrendSummary(overall_trend=fit.overall_trend, trend_percentage=fit.trend_percentage,
                                   slope=value(fit.slope), p_value=value(fit.p_value), note=fit.note)
         if points:

@@ -145,12 +145,15 @@ async def test_route_reaches_its_rpc(http, route):
 async def test_literal_segments_win_over_templates(http):
     history = await http.get("/api/experiments/history")
     assert history.status_code == 200 and "timeline_data" in history.json()["data"]
-    for path, rpc in [
-        ("/api/responses/comparison", "ListComparisonResponses"),
-        ("/api/responses/single/5", "GetResponse"),
-        ("/api/responses/5", "ListResponses"),
-        ("/api/metrics/trends", "GetQualityTrends"),
-        ("/api/metrics/5", "GetResponseMetrics"),
+    # Each answer is one only its own RPC gives (docs: protos/llmlab/experiments/v1/responses_service.proto).
+    comparison = await http.get("/api/responses/comparison")
+    assert comparison.status_code == 200 and "filters_applied" in comparison.json()["meta"]
+    trends = await http.get("/api/metrics/trends")
+    assert trends.status_code == 200 and "trends" in trends.json()["data"]
+    for path, message in [
+        ("/api/responses/single/999991", "Response(s) not found: 999991"),
+        ("/api/responses/999991", "Experiment with ID 999991 not found"),
+        ("/api/metrics/999991", "No scores for response(s) 999991: unknown responses, or not scored yet"),
     ]:
         r = await http.get(path)
-        assert r.status_code == 501 and error_message(r.json()) == f"{rpc} is not implemented yet", path
+        assert r.status_code == 404 and error_message(r.json()) == message, path
