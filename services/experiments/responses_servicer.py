@@ -27,10 +27,21 @@ SSE = "text/event-stream"
 _PARAMETERS = ("temperature", "top_p", "max_tokens", "frequency_penalty", "presence_penalty")
 
 
+def _numbers(value: Any) -> Any:
+    """Whole doubles as integers (0.0 -> 0), the way the transcoder prints them on every other lab route."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    return value
+
+
 def render(msg: Message) -> bytes:
     """Proto3 JSON as the gateway's transcoder writes it (field names as declared, primitives always printed)."""
-    return json.dumps(json_format.MessageToDict(msg, preserving_proto_field_name=True,
-                                                always_print_fields_with_no_presence=True),
+    return json.dumps(_numbers(json_format.MessageToDict(msg, preserving_proto_field_name=True,
+                                                         always_print_fields_with_no_presence=True)),
                       separators=(",", ":"), ensure_ascii=False).encode()
 
 

@@ -60,6 +60,8 @@ finally first second third firstly secondly lastly afterwards later subsequently
 still otherwise similarly likewise accordingly because since although though while whereas yet so and but or
 overall indeed specifically notably ultimately eventually initially soon suddenly after before when as
 """.split())
+# Pronouns that point back to something already said.
+REFERRING = frozenset("he she it they him her them his hers its their theirs this that these those such".split())
 # Vague words and hedges (Hyland's hedging devices and general nouns): each use makes an answer less precise.
 VAGUE = frozenset("""
 thing things stuff something somehow somewhat some various many several lots lot kind sort maybe perhaps possibly
@@ -169,13 +171,20 @@ class Score:
 # -- factors -----------------------------------------------------------------------------------------------------
 
 
+def _refers_back(sentence: str) -> bool:
+    """The sentence opens (first five words) with a third-person or demonstrative pronoun: a referential tie to
+    what came before (Halliday & Hasan's reference cohesion)."""
+    return any(w.lower() in REFERRING for w in _WORD.findall(sentence)[:5])
+
+
 def _adjacent_overlap(t: Text) -> float:
-    """Share of adjacent sentence pairs that share a content word (Coh-Metrix's adjacent argument overlap)."""
+    """Share of adjacent sentence pairs that are tied: they share a content word (Coh-Metrix's adjacent argument
+    overlap) or the second refers back with a pronoun."""
     if len(t.sentences) < 2:
         return 1.0
     sets = [t.content(s) for s in t.sentences]
-    pairs = list(itertools.pairwise(sets))
-    return sum(1 for a, b in pairs if a & b) / len(pairs)
+    tied = sum(1 for i, (a, b) in enumerate(itertools.pairwise(sets)) if a & b or _refers_back(t.sentences[i + 1]))
+    return tied / (len(t.sentences) - 1)
 
 
 def _fluency(mean_logprob: float | None) -> float | None:
