@@ -182,11 +182,16 @@ class ResponseRepository:
         where, args = _where(f)
         q = f.page
         direction = "ASC" if q.sort_order == "asc" else "DESC"
-        order = f"{_SORT_SQL[q.sort_by]} {direction} NULLS LAST, r.id {direction}"
+        # Only quality can be null (not scored yet); the other sort keys are NOT NULL columns, and leaving NULLS
+        # LAST off them lets the planner walk responses_created_idx instead of sorting every row (100k rows:
+        # bench/lab.py).
+        nulls = " NULLS LAST" if q.sort_by == "quality" else ""
+        order = f"{_SORT_SQL[q.sort_by]} {direction}{nulls}, r.id {direction}"
         n = len(args)
+        # The join is needed only to filter on the experiment's tags or model (a response always has one).
+        joined = "JOIN experiments e ON e.id = r.experiment_id" if f.tags or f.models else ""
         async with self._pool.acquire() as conn:
-            total = await conn.fetchval(
-                f"SELECT count(*) FROM responses r JOIN experiments e ON e.id = r.experiment_id {where}", *args)
+            total = await conn.fetchval(f"SELECT count(*) FROM responses r {joined} {where}", *args)
             rows = await conn.fetch(f"{_SELECT} {where} ORDER BY {order} LIMIT ${n + 1} OFFSET ${n + 2}",
                                     *args, q.limit, q.offset)
         return [ResponseRecord.from_record(r) for r in rows], total

@@ -11,5 +11,5 @@ ALTER TABLE responses
     ADD COLUMN run_id        uuid;
 
 CREATE INDEX responses_created_idx ON responses (created_at DESC, id DESC) WHERE status = 'completed';
-CREATE INDEX responses_quality_idx ON responses (overall_quality) WHERE status = 'completed';
+CREATE INDEX responses_quality_idx ON responses (overall_quality DESC NULLS LAST, id DESC) WHERE status = 'completed';
 CREATE INDEX responses_run_idx ON responses (run_id);
