@@ -14,7 +14,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 
 import textstat
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
@@ -101,6 +101,7 @@ def _band(x: float, lo: float, hi: float, slack: float) -> float:
     return max(0.0, 100.0 - abs(x - edge) / max(edge * slack, 1e-9) * 100.0)
 
 
+@lru_cache(maxsize=65536)
 def _stem(word: str) -> str:
     """A crude suffix strip so that "stories"/"story", "running"/"run" meet in coverage and overlap counts."""
     w = word.lower().replace("\u2019", "'")
@@ -195,11 +196,15 @@ def _fluency(mean_logprob: float | None) -> float | None:
     return _scale(-mean_logprob, math.log(100), math.log(2))
 
 
-def _tone_consistency(t: Text) -> float:
-    """1 - the spread (population std) of VADER compound sentiment across sentences, on 0..1."""
-    if len(t.sentences) < 2:
+def sentence_sentiments(t: Text) -> list[float]:
+    """VADER compound sentiment of each sentence, -1..1 (VADER is built for sentences; once per text)."""
+    return [_vader().polarity_scores(s)["compound"] for s in t.sentences]
+
+
+def _tone_consistency(scores: Sequence[float]) -> float:
+    """1 - the spread (population std) of the sentences' VADER compound sentiment, on 0..1."""
+    if len(scores) < 2:
         return 1.0
-    scores = [_vader().polarity_scores(s)["compound"] for s in t.sentences]
     mean = sum(scores) / len(scores)
     std = math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores))
     return 1.0 - min(1.0, std)
@@ -217,9 +222,9 @@ def _connective_share(t: Text) -> float:
     return opened / (len(t.sentences) - 1)
 
 
-def coherence(t: Text, mean_logprob: float | None) -> Dimension:
+def coherence(t: Text, mean_logprob: float | None, sentiments: Sequence[float]) -> Dimension:
     flow = _scale(_adjacent_overlap(t), 0.2, 0.8)
-    tone = _scale(_tone_consistency(t), 0.4, 0.9)
+    tone = _scale(_tone_consistency(sentiments), 0.4, 0.9)
     fluency = _fluency(mean_logprob)
     return Dimension("coherence", {
         "logical_flow": flow,
@@ -407,8 +412,9 @@ def score(
     """Score one text for its prompt (docs/metrics.md). Scores are rounded to 0.1, so equal inputs compare equal."""
     t = Text.of(content)
     lp = mean_logprob(token_logprobs)
+    sentiments = sentence_sentiments(t)
     dims = [
-        coherence(t, lp),
+        coherence(t, lp, sentiments),
         completeness(t, prompt, finish_reason),
         readability(t),
         creativity(t, prompt),
@@ -430,5 +436,5 @@ def score(
         mean_logprob=round(lp, 4) if lp is not None else None,
         word_count=len(words),
         type_token_ratio=round(len(set(words)) / len(words), 4) if words else 0.0,
-        sentiment=round(_vader().polarity_scores(t.raw)["compound"], 4) if t.raw else 0.0,
+        sentiment=round(sum(sentiments) / len(sentiments), 4) if sentiments else 0.0,
     )
