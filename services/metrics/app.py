@@ -6,15 +6,22 @@ import pathlib
 
 from llmlab.runtime import ServiceApp, ServiceSpec
 
+from .judge import Judge
 from .repository import ScoreRepository
 from .servicer import MetricsServicer, ScoringServicer
+from .settings import MetricsSettings
 
 
 async def setup(app: ServiceApp) -> None:
     assert app.db is not None
     repo = ScoreRepository(app.db)
+    settings = app.settings
+    assert isinstance(settings, MetricsSettings)
+    # The channel connects lazily; without a judge model the inference service is never called from here.
+    judge = (Judge(app.channel("inference"), settings.judge_model, settings.judge_max_tokens,
+                   settings.judge_timeout_seconds) if settings.judge_model else None)
     app.serve_package("llmlab.metrics.v1", {
-        "ScoringService": ScoringServicer(repo, app.events),
+        "ScoringService": ScoringServicer(repo, app.events, judge),
         "MetricsService": MetricsServicer(repo),
     })
 
@@ -22,5 +29,6 @@ async def setup(app: ServiceApp) -> None:
 SPEC = ServiceSpec(
     name="metrics",
     setup=setup,
+    settings_cls=MetricsSettings,
     migrations=pathlib.Path(__file__).parent / "migrations",
 )

@@ -9,6 +9,7 @@ from typing import Any
 
 from llmlab.runtime import NotFound, validation_error
 
+from .judge import Verdict
 from .scoring import DIMENSIONS, Score
 from .statistical import METRICS, PERIODS
 
@@ -110,7 +111,12 @@ def trends_query(period: str, metric: str, experiment_type: str) -> TrendsQuery:
     return TrendsQuery(period, PERIODS[period], metric, experiment_type)
 
 
-def detailed(score: Score) -> dict[str, Any]:
-    """detailed_analysis as stored and rendered: each dimension's score, factors and feedback."""
-    return {n: {"score": d.score, "factors": d.factors, "feedback": d.feedback}
-            for n, d in score.dimensions.items() if n in DIMENSIONS}
+def detailed(score: Score, verdict: Verdict | None = None) -> dict[str, Any]:
+    """detailed_analysis as stored and rendered: each dimension's score, factors and feedback, and the judge's
+    score and rationale beside them when a judge gave one."""
+    out: dict[str, Any] = {n: {"score": d.score, "factors": d.factors, "feedback": d.feedback}
+                           for n, d in score.dimensions.items() if n in DIMENSIONS}
+    if verdict is not None:
+        for n, v in verdict.dimensions.items():
+            out[n]["judge"] = {**v, "model": verdict.model}
+    return out

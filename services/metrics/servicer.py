@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Any
 
@@ -16,6 +17,7 @@ from llmlab.runtime.envelope import iso, meta, utcnow, value
 from llmlab.runtime.streams import EventPublisher
 
 from . import domain, reference, scoring, statistical
+from .judge import Judge, Verdict
 from .repository import ScoreRepository, StoredScore
 
 log = structlog.get_logger(__name__)
@@ -36,15 +38,16 @@ def scores_pb(metrics: dict[str, float], perplexity: float | None = None,
 
 def detailed_pb(analysis: dict[str, Any]) -> q.DetailedAnalysis:
     return q.DetailedAnalysis(**{
-        name: q.DimensionAnalysis(score=d["score"], factors=d["factors"], feedback=d["feedback"])
+        name: q.DimensionAnalysis(score=d["score"], factors=d["factors"], feedback=d["feedback"],
+                                  judge=q.JudgeScore(**d["judge"]) if d.get("judge") else None)
         for name, d in analysis.items()
     })
 
 
-def result_pb(s: scoring.Score, calculated_at: dt.datetime) -> spb.ScoringResult:
+def result_pb(s: scoring.Score, calculated_at: dt.datetime, verdict: Verdict | None = None) -> spb.ScoringResult:
     return spb.ScoringResult(
         scores=scores_pb(s.metrics(), s.perplexity, s.mean_logprob),
-        detailed_analysis=detailed_pb(domain.detailed(s)),
+        detailed_analysis=detailed_pb(domain.detailed(s, verdict)),
         calculated_at=iso(calculated_at),
         scorer_version=s.version,
         text_stats=q.TextStats(word_count=s.word_count, type_token_ratio=s.type_token_ratio, sentiment=s.sentiment),
@@ -66,22 +69,37 @@ def _input(i: int | None, msg: spb.ScoringInput) -> domain.ScoringInput:
                                subject)
 
 
+async def _none() -> None:
+    return None
+
+
 def _score(x: domain.ScoringInput) -> scoring.Score:
     return scoring.score(x.content, x.prompt, max_tokens=x.max_tokens, finish_reason=x.finish_reason,
                          token_logprobs=x.token_logprobs)
 
 
 class ScoringServicer(spb_grpc.ScoringServiceServicer):
-    """Scores texts; stores the scores of lab responses and announces them (response.scored)."""
+    """Scores texts; stores the scores of lab responses (with the judge's verdict when one is configured) and
+    announces them (response.scored)."""
 
-    def __init__(self, repo: ScoreRepository, events: EventPublisher | None) -> None:
+    def __init__(self, repo: ScoreRepository, events: EventPublisher | None, judge: Judge | None = None) -> None:
         self._repo = repo
         self._events = events
+        self._judge = judge
 
-    async def _store(self, pairs: list[tuple[domain.ScoringInput, scoring.Score]]) -> list[dt.datetime]:
+    async def _verdicts(self, inputs: list[domain.ScoringInput]) -> list[Verdict | None]:
+        """The judge's verdict on every input to be stored (the judge's time is spent on stored scores only)."""
+        if self._judge is None:
+            return [None] * len(inputs)
+        judge = self._judge
+        return list(await asyncio.gather(*(
+            judge.verdict(x.content, x.prompt) if x.subject is not None else _none() for x in inputs)))
+
+    async def _store(self, pairs: list[tuple[domain.ScoringInput, scoring.Score]],
+                     verdicts: list[Verdict | None]) -> list[dt.datetime]:
         rows = [{**x.subject, "metrics": s.metrics(), "perplexity": s.perplexity, "mean_logprob": s.mean_logprob,
-                 "detailed_analysis": domain.detailed(s), "scorer_version": s.version}
-                for x, s in pairs if x.subject is not None]
+                 "detailed_analysis": domain.detailed(s, v), "scorer_version": s.version}
+                for (x, s), v in zip(pairs, verdicts, strict=True) if x.subject is not None]
         stored = await self._repo.upsert_many(rows) if rows else []
         if self._events is not None:
             for row in rows:
@@ -99,17 +117,20 @@ class ScoringServicer(spb_grpc.ScoringServiceServicer):
     async def ScoreResponse(self, request: spb.ScoreResponseRequest, context: Any) -> spb.ScoreResponseResponse:
         x = _input(None, request.input)
         s = _score(x)
-        stored = await self._store([(x, s)])
-        return spb.ScoreResponseResponse(result=result_pb(s, stored[0] if stored else utcnow()))
+        verdicts = await self._verdicts([x])
+        stored = await self._store([(x, s)], verdicts)
+        return spb.ScoreResponseResponse(result=result_pb(s, stored[0] if stored else utcnow(), verdicts[0]))
 
     async def ScoreResponses(self, request: spb.ScoreResponsesRequest, context: Any) -> spb.ScoreResponsesResponse:
         domain.check_count("inputs", len(request.inputs), 1, domain.MAX_SCORE_MANY)
         inputs = [_input(i, m) for i, m in enumerate(request.inputs)]
         pairs = [(x, _score(x)) for x in inputs]
-        stored = iter(await self._store(pairs))
+        verdicts = await self._verdicts(inputs)
+        stored = iter(await self._store(pairs, verdicts))
         now = utcnow()
-        return spb.ScoreResponsesResponse(
-            results=[result_pb(s, next(stored) if x.subject is not None else now) for x, s in pairs])
+        return spb.ScoreResponsesResponse(results=[
+            result_pb(s, next(stored) if x.subject is not None else now, v)
+            for (x, s), v in zip(pairs, verdicts, strict=True)])
 
     async def ComputeReferenceMetrics(
         self, request: spb.ComputeReferenceMetricsRequest, context: Any

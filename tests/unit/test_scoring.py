@@ -141,3 +141,13 @@ def test_scoring_a_500_word_response_is_fast():
         times.append(time.perf_counter() - started)
     times.sort()
     assert times[len(times) // 2] < 0.05  # docs/metrics.md quotes the measured p50/p95 (bench/lab.py)
+
+
+def test_a_judge_verdict_keeps_only_valid_dimensions():
+    from services.metrics.judge import parse_verdict
+
+    text = ('Sure! {"coherence": {"score": 81, "rationale": "Flows well."}, "completeness": {"score": 140}, '
+            '"readability": {"score": "high"}, "creativity": {"score": 55.55, "rationale": 7}} Hope this helps.')
+    assert parse_verdict(text) == {"coherence": {"score": 81.0, "rationale": "Flows well."},
+                                   "creativity": {"score": 55.6, "rationale": ""}}
+    assert parse_verdict("no json here") == {} and parse_verdict("{not json}") == {}
