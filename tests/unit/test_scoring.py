@@ -147,7 +147,7 @@ def test_a_judge_verdict_keeps_only_valid_dimensions():
     from services.metrics.judge import parse_verdict
 
     text = ('Sure! {"coherence": {"score": 81, "rationale": "Flows well."}, "completeness": {"score": 140}, '
-            '"readability": {"score": "high"}, "creativity": {"score": 55.55, "rationale": 7}} Hope this helps.')
+            '"readability": {"score": "high"}, "creativity": {"score": 55.25, "rationale": 7}} Hope this helps.')
     assert parse_verdict(text) == {"coherence": {"score": 81.0, "rationale": "Flows well."},
-                                   "creativity": {"score": 55.6, "rationale": ""}}
+                                   "creativity": {"score": 55.2, "rationale": ""}}
     assert parse_verdict("no json here") == {} and parse_verdict("{not json}") == {}
