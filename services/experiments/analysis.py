@@ -1,5 +1,5 @@
-"""Analyses of stored responses (seed 000 §1.6, §2.4, §6.2): spreads, parameter impact with scipy, and advice
-sentences generated from the numbers they rest on (no I/O here)."""
+"""Analyses of stored responses (experiment stats, compare, comparison/analyze): spreads, parameter impact with
+scipy, and advice sentences generated from the numbers they rest on (no I/O here)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""A generation run (seed 000 §2.1): every planned response submitted to the inference service at once (so the
-engine batches them), each stored, announced (response.created) and scored as it finishes, progress reported on a
-queue. The run is a task of its own: a client that goes away stops reading, not generating."""
+"""A generation run (`POST /api/responses/generate`): every planned response submitted to the inference service at
+once (so the engine batches them), each stored, announced (response.created) and scored as it finishes, progress
+reported on a queue. The run is a task of its own: a client that goes away stops reading, not generating."""
 
 from __future__ import annotations
 

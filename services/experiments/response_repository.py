@@ -1,4 +1,4 @@
-"""All SQL of the responses resource (seed 000 §2, §6): generated responses, their scores and run bookkeeping."""
+"""All SQL of the responses resource (`/api/responses/...`): generated responses, their scores and run bookkeeping."""
 
 from __future__ import annotations
 

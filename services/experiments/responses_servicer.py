@@ -1,4 +1,4 @@
-"""ResponseService servicer (seed 000 §2, §6): translation between protos and the domain only."""
+"""ResponseService servicer (`/api/responses/...`): translation between protos and the domain only."""
 
 from __future__ import annotations
 

@@ -243,7 +243,8 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
                         favorited=r.favorited,
                         archived=r.archived,
                         summary=pb.HistorySummary(
-                            response_count=r.response_count, total_cost=r.total_cost, duration=_duration(r)
+                            response_count=r.generated or r.response_count, total_cost=r.total_cost,
+                            duration=_duration(r),
                         ),
                     )
                     for r in rows

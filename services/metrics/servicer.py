@@ -1,4 +1,4 @@
-"""ScoringService (internal) and MetricsService (seed 000 §4): translation between protos and the domain only."""
+"""ScoringService (internal) and MetricsService (`/api/metrics/...`): translation between protos and the domain only."""
 
 from __future__ import annotations
 
@@ -158,7 +158,7 @@ def _stored_scores(s: StoredScore) -> q.QualityScores:
 
 
 class MetricsServicer(pb_grpc.MetricsServiceServicer):
-    """Seed 000 §4 over the stored scores."""
+    """`/api/metrics/...` over the stored scores."""
 
     def __init__(self, repo: ScoreRepository) -> None:
         self._repo = repo

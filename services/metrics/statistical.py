@@ -63,7 +63,7 @@ def quality_difference(ids: Sequence[int], dimensions: Sequence[Mapping[str, flo
 
 
 def metric_range(values: Sequence[float]) -> tuple[float, float, float]:
-    """(min, max, max - min): seed 000 §4.3's `variance` is the spread max - min (94.2 - 82.1 = 12.1)."""
+    """(min, max, max - min): `metric_ranges.variance` is the spread max - min (94.2 - 82.1 = 12.1)."""
     lo, hi = min(values), max(values)
     return lo, hi, round(hi - lo, 1)
 

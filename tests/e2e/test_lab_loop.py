@@ -1,4 +1,4 @@
-"""The lab's core loop through Envoy, as a newcomer with curl would use it (seed 000 §1.2, §1.6, §2, §4, §6): create an
+"""The lab's core loop through Envoy, as a newcomer with curl would use it (README "Try it", docs/metrics.md): create an
 experiment, watch its responses stream in (SSE), read each one's six scores with factors, feedback and perplexity,
 compare them with a p-value. Real services, the real embedded model, small counts and max_tokens."""
 

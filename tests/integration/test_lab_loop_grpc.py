@@ -1,6 +1,7 @@
 """The lab loop over gRPC with real services on port 0 (experiments -> inference -> metrics), real Postgres and Redis
 and the real embedded model: an engine sized to refuse part of a run (max_batch 1, max_queue 1) shows that one
-failed generation marks that response failed, reports it in progress, and the others are kept (seed 000 §2.1)."""
+failed generation marks that response failed, reports it in progress, and the others are kept
+(responses_service.proto)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The metrics service on port 0 against the real Postgres and Redis: stored scores, idempotent re-scoring, events,
-comparisons and trends over stored data (seed 000 §4; protos/llmlab/metrics/v1)."""
+comparisons and trends over stored data (protos/llmlab/metrics/v1, docs/metrics.md)."""
 
 from __future__ import annotations
 

@@ -31,10 +31,10 @@ def record(rid: int, quality: float, temperature: float, creativity: float = 80.
                           token_count=10, cost=0.001, created_at=NOW)
 
 
-def test_grid_bounds_are_inclusive_like_the_seed():
+def test_grid_bounds_are_inclusive():
     combos = responses.combinations({"temperature_min": 0.2, "temperature_max": 1.0, "temperature_step": 0.2,
                                      "top_p_min": 0.7, "top_p_max": 1.0, "top_p_step": 0.1})
-    assert len(combos) == 20  # seed 000 §3.1: 5 x 4
+    assert len(combos) == 20  # 5 temperatures x 4 top_p values
     assert {c["temperature"] for c in combos} == {0.2, 0.4, 0.6, 0.8, 1.0}
     assert {c["top_p"] for c in combos} == {0.7, 0.8, 0.9, 1.0}
 

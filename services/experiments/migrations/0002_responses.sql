@@ -1,4 +1,4 @@
--- Generated responses as the lab's core loop stores them (seed 000 §2): the outcome of each generation (a failed
+-- Generated responses as the lab's core loop stores them: the outcome of each generation (a failed
 -- one is kept, marked, so that success_rate counts it), why it stopped, its perplexity under the model that wrote
 -- it and the text measurements comparisons show.
 ALTER TABLE responses
