@@ -101,9 +101,10 @@ class DocumentBuilder:
             if "$ref" in schema:  # an enum
                 self.roots_in.append(fd.type_name)  # type: ignore[union-attr]
             description = msg.field_comments.get(top, "")
-            if pattern == "**":
-                description = (description + " " if description else "") + "May contain `/`."
             param = {"name": name, "in": "path", "required": True, "schema": schema}
+            if pattern == "**":  # Envoy binds the rest of the path, slashes included
+                description = (description + " " if description else "") + "May contain `/`."
+                param["x-multi-segment"] = True
             if description:
                 param["description"] = description
             params.append(param)
