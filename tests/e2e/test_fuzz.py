@@ -63,6 +63,18 @@ def _header(r: Any, name: str) -> str:
     return ""
 
 
+def _message(text: str) -> str:
+    """The error message of a family error body (any of the four shapes), else the text's start."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text[:120]
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, dict):
+        return str(err.get("message", ""))[:120]
+    return str(body.get("message", ""))[:120] if isinstance(body, dict) else text[:120]
+
+
 def _clamp(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: min(v, CLAMPS[k]) if k in CLAMPS and isinstance(v, int) and not isinstance(v, bool) else _clamp(v)
@@ -118,7 +130,7 @@ class Fuzzer:
         f.by_status[r.status_code] += 1
         text = r.text[:2000] if "json" in _header(r, "content-type") or r.status_code >= 400 else ""
         if r.status_code >= 500 and r.status_code != 501:
-            f.fail("5xx", label, r.status_code, text.split('"message":', 1)[-1][:120], case, text)
+            f.fail("5xx", label, r.status_code, _message(text), case, text)
         responses = op.definition.raw["responses"]
         documented = responses.get(str(r.status_code)) or responses.get(f"{r.status_code // 100}XX")
         if documented is None:
