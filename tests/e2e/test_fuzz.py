@@ -7,7 +7,8 @@ For each operation, valid (positive) and invalid (negative) requests; every answ
 - every success matches the documented media type and schema;
 - a refused write (4xx to a non-GET) leaves the stored experiments exactly as they were.
 
-Bounded for `make test`: LLMLAB_FUZZ_EXAMPLES examples per operation and mode (default 3); `make fuzz` runs more.
+Bounded for `make test`: LLMLAB_FUZZ_EXAMPLES examples per operation and mode (default 8, about 90 s);
+`make fuzz` runs more.
 Every distinct failure is listed in the assertion message and in .run/fuzz-report.json with the request as curl.
 """
 
@@ -33,7 +34,7 @@ from schemathesis import GenerationMode
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DOCUMENT = json.loads((ROOT / "docs" / "openapi.json").read_text())
-EXAMPLES = int(os.environ.get("LLMLAB_FUZZ_EXAMPLES", "3"))
+EXAMPLES = int(os.environ.get("LLMLAB_FUZZ_EXAMPLES", "8"))
 REPORT = pathlib.Path(os.environ.get("LLMLAB_FUZZ_REPORT", ROOT / ".run" / "fuzz-report.json"))
 TIMEOUT_S = 60.0
 # Knobs that make one valid request cost minutes of generation; a fuzzed request gets at most this much work.

@@ -50,6 +50,12 @@ def _error_response(fam: str) -> dict:
     return {"$ref": f"#/components/responses/{name}_error"}
 
 
+def _summary(comment: str) -> str:
+    """The comment's first sentence on one line (at most 160 characters)."""
+    first = " ".join(comment.split()).split(". ")[0].rstrip(".")
+    return first if len(first) <= 160 else first[:157] + "..."
+
+
 class DocumentBuilder:
     """Turns the http bindings of a descriptor set into OpenAPI paths and components."""
 
@@ -173,7 +179,7 @@ class DocumentBuilder:
         op: dict[str, Any] = {
             "operationId": op_id,
             "tags": [binding.service.rsplit(".", 1)[1]],
-            "summary": comment.split(". ")[0].split("\n")[0][:120] or binding.method,
+            "summary": _summary(comment) or binding.method,
             "description": comment,
             "x-rpc": binding.rpc,
             "x-family": fam,
