@@ -92,6 +92,7 @@ class Findings:
     requests: int = 0
     by_class: collections.Counter = field(default_factory=collections.Counter)
     by_status: collections.Counter = field(default_factory=collections.Counter)
+    by_operation: collections.Counter = field(default_factory=collections.Counter)
     failures: dict[tuple, dict] = field(default_factory=dict)
 
     def fail(self, kind: str, label: str, status: int, detail: str, case: Any, body: str) -> None:
@@ -127,6 +128,7 @@ class Fuzzer:
             return
         f = self.found
         f.requests += 1
+        f.by_operation[label] += 1
         f.by_class[f"{r.status_code // 100}xx"] += 1
         f.by_status[r.status_code] += 1
         text = r.text[:2000] if "json" in _header(r, "content-type") or r.status_code >= 400 else ""
@@ -215,11 +217,13 @@ async def test_fuzz_every_route_from_the_openapi_document(platform):
     summary = {"examples_per_operation_and_mode": EXAMPLES, "seconds": round(elapsed, 1), "requests": found.requests,
                "by_class": dict(sorted(found.by_class.items())),
                "by_status": {str(k): v for k, v in sorted(found.by_status.items())},
+               "operations": len(found.by_operation),
                "failures": sorted(found.failures.values(), key=lambda f: (f["kind"], f["operation"]))}
     REPORT.parent.mkdir(parents=True, exist_ok=True)
     REPORT.write_text(json.dumps(summary, indent=2))
     print(f"fuzz: {found.requests} requests in {elapsed:.0f}s, {dict(found.by_class)}; report {REPORT}")
-    assert found.requests >= len(DOCUMENT["paths"])
+    operations = {f"{verb.upper()} {path}" for path, item in DOCUMENT["paths"].items() for verb in item}
+    assert operations <= set(found.by_operation), f"never called: {sorted(operations - set(found.by_operation))}"
     assert not found.failures, _grouped(summary["failures"])
 
 
