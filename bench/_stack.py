@@ -7,21 +7,16 @@ import asyncio
 import contextlib
 import os
 import secrets
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "gen"), str(ROOT / "libs"), str(ROOT)]
+import asyncpg
+import httpx
 
-import asyncpg  # noqa: E402
-import httpx  # noqa: E402
-
-from llmlab.devstack import free_port  # noqa: E402
-from llmlab.devstack.platform import PlatformConfig, platform_supervisor  # noqa: E402
-from llmlab.runtime.settings import SERVICES  # noqa: E402
+from llmlab.devstack import free_port
+from llmlab.devstack.launcher import PlatformConfig, platform_supervisor
+from llmlab.runtime.settings import SERVICES
 
 ADMIN = "admin"
 

@@ -16,17 +16,16 @@ import sys
 import tempfile
 from pathlib import Path
 
+import grpc
+
+from bench._stack import KeepAliveClient, admin_password, drive, mint_key, percentile, running_platform
+from gateway.render import GatewayConfig, render
+from llmlab.devstack import free_port
+from llmlab.devstack.launcher import PlatformConfig, http_status
+from llmlab.experiments.v1 import experiments_service_pb2 as pb
+from llmlab.experiments.v1 import experiments_service_pb2_grpc as pb_grpc
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "gen"), str(ROOT / "libs"), str(ROOT), str(ROOT / "bench")]
-
-import grpc  # noqa: E402
-from _stack import KeepAliveClient, admin_password, drive, mint_key, percentile, running_platform  # noqa: E402
-
-from gateway.render import GatewayConfig, render  # noqa: E402
-from llmlab.devstack import free_port  # noqa: E402
-from llmlab.devstack.platform import PlatformConfig, http_status  # noqa: E402
-from llmlab.experiments.v1 import experiments_service_pb2 as pb  # noqa: E402
-from llmlab.experiments.v1 import experiments_service_pb2_grpc as pb_grpc  # noqa: E402
 
 
 async def envoy_without_auth(cfg: PlatformConfig, workdir: Path) -> tuple[asyncio.subprocess.Process, int]:

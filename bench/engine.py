@@ -14,15 +14,10 @@ import argparse
 import asyncio
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT)]
-
-from services.inference.engine import Engine, EngineConfig  # noqa: E402
-from services.inference.types import GenerationRequest, SamplingParams  # noqa: E402
+from services.inference.domain import GenerationRequest, SamplingParams
+from services.inference.engine import Engine, EngineConfig
 
 LONG = (
     "You are reviewing a short report about renewable energy. The report says that solar panel prices fell "

@@ -19,14 +19,13 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
+
+from bench._stack import admin_key, percentile, running_platform
+from bench.prompts import BATCH, LONG
+from services.inference.artifacts import default_cache_dir
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "gen"), str(ROOT / "libs"), str(ROOT), str(ROOT / "bench")]
-
-import httpx  # noqa: E402
-from _stack import admin_key, percentile, running_platform  # noqa: E402
-from prompts import BATCH, LONG  # noqa: E402
-
-from services.inference.importer import default_cache_dir  # noqa: E402
 
 MODEL = "smollm2-135m-instruct"
 

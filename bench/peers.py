@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Run as a script in .venv-bench, where llmlab is not installed: prompts.py beside it is found as a top-level module.
 from prompts import BATCH, LONG
 
 

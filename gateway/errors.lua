@@ -5,6 +5,10 @@
 -- buffered, so SSE streams through untouched.
 
 local NS = "llmlab.gateway"     -- dynamic metadata namespace (also read by the ratelimit descriptor)
+-- Request limits, answered here in the family's shape. Envoy's own cap on all headers (render.py) is twice the
+-- header limit, so that what ext_authz adds to an accepted request still fits (past it: 500 ext_authz_invalid).
+local MAX_URL_BYTES = 8192      -- request path and query: 414 past it
+local MAX_HEADER_BYTES = 16384  -- all request headers together: 431 past it
 local ORDER = {}                -- key under which decoded objects keep their member order
 local ARRAY = {}                -- metatable marking decoded arrays
 
@@ -48,7 +52,7 @@ local function dstring(s, i)               -- s[i] is the opening quote
   end
 end
 
-local dvalue
+local dvalue, explain
 local function dobject(s, i)
   local t, keys = {}, {}
   t[ORDER] = keys
@@ -137,6 +141,7 @@ end
 -- Names for lab/native `code` (research `error` is their lower case) when no ErrorInfo reason is given.
 local CODE = {[400] = "VALIDATION_ERROR", [401] = "UNAUTHORIZED", [403] = "FORBIDDEN", [404] = "NOT_FOUND",
   [405] = "METHOD_NOT_ALLOWED", [408] = "REQUEST_TIMEOUT", [409] = "CONFLICT", [413] = "PAYLOAD_TOO_LARGE",
+  [414] = "URI_TOO_LONG", [431] = "HEADERS_TOO_LARGE",
   [415] = "UNSUPPORTED_MEDIA_TYPE", [422] = "UNPROCESSABLE_ENTITY", [429] = "RATE_LIMIT_EXCEEDED",
   [499] = "CANCELLED", [500] = "INTERNAL_ERROR", [501] = "NOT_IMPLEMENTED", [502] = "BAD_GATEWAY",
   [503] = "SERVICE_UNAVAILABLE", [504] = "GATEWAY_TIMEOUT"}
@@ -144,6 +149,7 @@ local CODE = {[400] = "VALIDATION_ERROR", [401] = "UNAUTHORIZED", [403] = "FORBI
 -- (Envoy's upstream texts name internals).
 local MESSAGE = {[400] = "Invalid request", [401] = "Authentication required", [403] = "Permission denied",
   [404] = "Not found", [405] = "Method not allowed", [409] = "Conflict", [413] = "Request body too large",
+  [414] = "Request URL too long", [431] = "Request headers too large",
   [422] = "Unprocessable request", [429] = "Rate limit exceeded", [500] = "Internal server error",
   [501] = "Not implemented", [502] = "Bad gateway", [503] = "Service temporarily unavailable",
   [504] = "Upstream request timed out"}
@@ -154,6 +160,64 @@ local CONTROL = {http_status = true, type = true, param = true}   -- ErrorInfo m
 local function is_type(d, name)
   local ty = d["@type"]
   return type(ty) == "string" and sub(ty, -#name - 1) == "/" .. name
+end
+
+-- The transcoder's JSON-to-proto messages name proto types ("for type TYPE_INT32",
+-- "type.googleapis.com/llmlab..."), oneof internals and method paths. They become the field and the constraint
+-- a client can act on; anything else naming internals becomes the status's plain message.
+local EXPECT = {INT32 = "an integer between -2147483648 and 2147483647", SINT32 = "an integer",
+  SFIXED32 = "an integer", INT64 = "an integer", SINT64 = "an integer", SFIXED64 = "an integer",
+  UINT32 = "an integer between 0 and 4294967295", FIXED32 = "a non-negative integer",
+  UINT64 = "a non-negative integer", FIXED64 = "a non-negative integer", DOUBLE = "a number", FLOAT = "a number",
+  BOOL = "true or false", STRING = "a string", BYTES = "base64-encoded data", ENUM = "one of the documented values",
+  Timestamp = "an RFC 3339 timestamp", Duration = 'a duration such as "1.5s"', Struct = "an object",
+  ListValue = "an array", Value = "a JSON value", FieldMask = "a comma-separated list of fields",
+  Int32Value = "an integer", Int64Value = "an integer", UInt32Value = "a non-negative integer",
+  UInt64Value = "a non-negative integer", DoubleValue = "a number", FloatValue = "a number",
+  BoolValue = "true or false", StringValue = "a string", BytesValue = "base64-encoded data"}
+local INTERNAL_WORDS = {"TYPE_", "googleapis", "llmlab%.", "proto", "oneof", "resolve", "method", "descriptor"}
+
+local function violation(e, field, constraint, value)
+  local d = {field = field, value = value == nil and NULL or value, constraint = constraint}
+  d[ORDER] = {"field", "value", "constraint"}
+  e.message, e.details, e.param = "Validation failed", d, field
+end
+
+explain = function(e, text)
+  local once = string.match(text, "oneof field '_?([%w_]+)' is already set")
+  if once then return violation(e, once, "must be given once") end
+  local field, rest = string.match(text, "^([%w_%.%[%]]*): (.*)$")
+  if field then
+    local value, ty = string.match(rest, "^invalid value (.*) for type (%S+)$")
+    if ty then
+      if find(value, "^Starting an? %a+ on a scalar field") or find(value, "^Starting an? %a+ on a repeated field") then
+        -- here the "type" is the field's name: an object or array where a plain value belongs, or the reverse
+        local target = ty
+        if field ~= "" and string.match(field, "([%w_]+)$") ~= ty then target = field .. "." .. ty
+        elseif field ~= "" then target = field end
+        return violation(e, target, find(value, "repeated") and "must be an array" or "must be a plain value")
+      end
+      local name = string.match(ty, "^TYPE_(%u+%d*)$") or string.match(ty, "google%.protobuf%.(%w+)$")
+      local shown = string.match(value, '^"(.*)"$') or value
+      if #shown > 64 then shown = sub(shown, 1, 64) .. "..." end
+      return violation(e, field ~= "" and field or "body", "must be " .. (EXPECT[name or ""] or "an object"), shown)
+    end
+    if rest == "Root element must be a message." then return violation(e, "body", "must be a JSON object") end
+    if find(rest, "not repeating, cannot start list") then
+      if field ~= "" then return violation(e, field, "must not be an array") end
+      e.message = "A field of the request body holds an array where a single value belongs"
+      return
+    end
+  end
+  if find(text, "^Could not resolve ") then e.message = "No endpoint for this method and path"; return end
+  local lower = string.lower(text)
+  for _, w in ipairs(INTERNAL_WORDS) do
+    if find(lower, string.lower(w)) then return end   -- the status's own message is used instead
+  end
+  if #text <= 200 then
+    -- the rest are the JSON parser's own words ("Unexpected end of string. Expected an object key or }.")
+    e.message = find(text, "^Invalid request") and text or ("Malformed JSON: " .. text)
+  end
 end
 
 -- Turns a google.rpc.Status JSON body, an ext_authz denial or an Envoy plain-text reply into
@@ -197,9 +261,9 @@ local function parse(raw)
     end
     if ok then return e end                 -- some other JSON: no message worth showing
   end
-  -- Envoy's plain-text replies: keep the first line ("id: invalid value ...", not the JSON parser's caret).
+  -- Envoy's plain-text replies: the first line ("id: invalid value ...", not the JSON parser's caret), reworded.
   local text = string.match(raw, "^%s*([^\n]-)%s*\n") or string.match(raw, "^%s*(.-)%s*$")
-  if text ~= "" and #text <= 500 then e.message = text end
+  if text ~= "" then explain(e, text) end
   return e
 end
 
@@ -221,8 +285,8 @@ local function respond(h, status, meta)
   if e.grpc_code == 12 and status == 404 then status = 501 end      -- Envoy maps UNIMPLEMENTED to 404
   local override = tonumber(md.http_status)
   if override and override >= 400 and override <= 599 then status = math.floor(override) end
-  -- Envoy's own texts for 5xx name internals and its 413 text names the transcoder's buffer: use ours.
-  if not e.status_json and (status >= 500 or status == 413) then e.message = nil end
+  -- Envoy's own texts for 5xx name internals, its 413 text names the transcoder's buffer: use ours.
+  if not e.status_json and (status >= 500 or status == 413 or status == 431) then e.message = nil end
   local message = e.message or MESSAGE[status] or (status >= 500 and "Server error" or "Request failed")
   local code = e.reason or CODE[status] or (status >= 500 and "INTERNAL_ERROR" or "BAD_REQUEST")
 
@@ -312,16 +376,57 @@ local function family_of(path)
   return "research"
 end
 
+local function header_bytes(hd)              -- Envoy's Lua has no byteSize(): about 2 us for 20 headers
+  local n = 0
+  for k, v in pairs(hd) do n = n + #k + #v end
+  return n
+end
+
 -- Client-sent x-llmlab-* headers are already gone: the listener's early header mutation drops them (render.py).
 function envoy_on_request(h)
   local hd = h:headers()
   local md = h:streamInfo():dynamicMetadata()
-  md:set(NS, "family", family_of(hd:get(":path") or "/"))  -- the original path, before transcoding rewrites it
+  local path = hd:get(":path") or "/"
+  md:set(NS, "family", family_of(path))     -- the original path, before transcoding rewrites it
   md:set(NS, "request_id", hd:get("x-request-id") or "")
+  if header_bytes(hd) > MAX_HEADER_BYTES then
+    h:respond({[":status"] = "431", ["content-type"] = "application/json"},
+      '{"code":3,"message":"Request headers too large (the limit is ' .. MAX_HEADER_BYTES .. ' bytes in all)",'
+      .. '"details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"HEADERS_TOO_LARGE"}]}')
+  elseif #path > MAX_URL_BYTES then
+    -- A google.rpc.Status body like a service's: envoy_on_response words it for the family.
+    h:respond({[":status"] = "414", ["content-type"] = "application/json"},
+      '{"code":3,"message":"Request URL too long (' .. #path .. ' bytes; the limit is ' .. MAX_URL_BYTES
+      .. ')","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"URI_TOO_LONG"}]}')
+  end
+end
+
+math.randomseed(os.time() + math.floor(os.clock() * 1e6))
+local function new_request_id()             -- a UUIDv4-shaped id for replies Envoy sent before it made one
+  return (string.gsub("xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx", "[xy]", function(c)
+    return fmt("%x", c == "x" and math.random(0, 15) or math.random(8, 11))
+  end))
 end
 
 function envoy_on_response(h)
-  local status = tonumber(h:headers():get(":status")) or 0
-  if status < 400 then return end           -- successes (SSE included) pass without body access
-  respond(h, status, h:streamInfo():dynamicMetadata():get(NS) or {})
+  local hd = h:headers()
+  local status = tonumber(hd:get(":status")) or 0
+  if status < 400 then                      -- successes (SSE included) pass without body access
+    local ct = hd:get("content-type")
+    if not (ct and find(ct, "^application/grpc")) then   -- gRPC clients need these; REST clients never do
+      hd:remove("grpc-status")
+      hd:remove("grpc-message")
+      hd:remove("grpc-accept-encoding")
+    end
+    return
+  end
+  local meta = h:streamInfo():dynamicMetadata():get(NS) or {}
+  if not meta.family then                   -- an early local reply: the request phase never ran
+    meta = {family = hd:get("x-llmlab-family") or "research"}
+  end
+  hd:remove("x-llmlab-family")
+  if not meta.request_id or meta.request_id == "" then
+    meta.request_id = hd:get("x-request-id") or new_request_id()
+  end
+  respond(h, status, meta)
 end

@@ -72,6 +72,9 @@ class GatewayConfig:
     max_request_bytes: int = 1 * MIB
     max_upload_bytes: int = 512 * MIB
     max_response_bytes: int = 64 * MIB
+    # All request headers, path included: Envoy answers 431 itself past it. errors.lua answers 431 at half of it,
+    # in the family's shape; the headroom is for the headers ext_authz adds.
+    max_request_headers_kb: int = 32
     upload_prefixes: tuple[str, ...] = UPLOAD_PREFIXES
     unary_timeout_s: float = 120.0  # whole-call limit for unary RPCs; streaming RPCs have none
     stream_idle_timeout_s: float = 300.0
@@ -174,7 +177,12 @@ def _cluster(name: str, address: str, *, http2: bool = True, health_check: bool 
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                 "explicit_http_config": {
-                    "http2_protocol_options": {"connection_keepalive": {"interval": "30s", "timeout": "5s"}}
+                    "http2_protocol_options": {
+                        "connection_keepalive": {"interval": "30s", "timeout": "5s"},
+                        # A malformed response (say, trailers past the header limit) resets its own stream only,
+                        # not the connection that other clients' requests share.
+                        "override_stream_error_on_invalid_http_message": True,
+                    }
                 },
             }
         }
@@ -295,6 +303,28 @@ def _routes(cfg: GatewayConfig, services: list[TranscodedService], upload_transc
         }
     )
     return routes
+
+
+# Path prefixes of the API families (the same table as errors.lua's family_of, first match wins).
+FAMILY_PREFIXES = (("/api/v1/", "native"), ("/api/", "lab"), ("/v1/", "serving"), ("/health", "ops"),
+                   ("/metrics", "ops"))
+
+
+def _family_mappers() -> list[dict]:
+    """Tag Envoy's own early replies (a path it cannot normalise, say) with the caller's family for errors.lua.
+
+    Those replies skip the filters' request phase, where errors.lua reads the path; the reply mapper still sees
+    the request headers.
+    """
+    return [
+        {
+            "filter": {"header_filter": {"header": {"name": ":path", "string_match": {"prefix": prefix}}}},
+            "headers_to_add": [
+                {"header": {"key": "x-llmlab-family", "value": family}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+            ],
+        }
+        for prefix, family in FAMILY_PREFIXES
+    ]
 
 
 def _cors(cfg: GatewayConfig) -> dict:
@@ -429,7 +459,11 @@ def build(cfg: GatewayConfig) -> dict:
         },
         {
             "name": "envoy.filters.http.router",
-            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+            # No x-envoy-upstream-service-time and friends on client responses: they describe our internals.
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+                "suppress_envoy_headers": True,
+            },
         },
     ]
     if not cfg.auth:
@@ -458,6 +492,9 @@ def build(cfg: GatewayConfig) -> dict:
                 },
             }
         ],
+        # Every request header together, the request line included. The services accept more
+        # (libs/llmlab/runtime/server.py METADATA_BYTES), so nothing Envoy passes is refused there.
+        "max_request_headers_kb": cfg.max_request_headers_kb,
         "stream_idle_timeout": f"{cfg.stream_idle_timeout_s:g}s",
         "request_headers_timeout": "10s",
         "route_config": {
@@ -472,6 +509,7 @@ def build(cfg: GatewayConfig) -> dict:
             ],
         },
         "http_filters": http_filters,
+        "local_reply_config": {"mappers": _family_mappers()},
     }
     if cfg.access_log:
         hcm["access_log"] = _access_log()

@@ -19,18 +19,17 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "gen"), str(ROOT / "libs"), str(ROOT)]
-
-from llmlab.devstack import (  # noqa: E402
+from llmlab.devstack import (
     EMBEDDED_POSTGRES_PORT,
     EMBEDDED_REDIS_PORT,
     DevstackError,
     ensure_postgres,
     ensure_redis,
 )
-from llmlab.devstack.platform import PlatformConfig, platform_supervisor  # noqa: E402
-from llmlab.runtime.settings import DEFAULT_PORTS, SERVICES  # noqa: E402
+from llmlab.devstack.launcher import PlatformConfig, platform_supervisor
+from llmlab.runtime.settings import DEFAULT_PORTS, SERVICES
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _int_env(name: str, default: int) -> int:

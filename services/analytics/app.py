@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pathlib
-
 from llmlab.runtime import ServiceApp, ServiceSpec
 
 from .ops import OpsServicer
@@ -13,4 +11,5 @@ async def setup(app: ServiceApp) -> None:
     app.serve_package("llmlab.analytics.v1", {"OpsService": OpsServicer(app)})
 
 
-SPEC = ServiceSpec(name="analytics", setup=setup, migrations=pathlib.Path(__file__).parent / "migrations")
+# No storage yet: no migrations and no Postgres pool; Redis is kept for the ops probes.
+SPEC = ServiceSpec(name="analytics", setup=setup)

@@ -13,23 +13,23 @@ import asyncpg
 import redis.asyncio as redis
 import structlog
 
-from llmlab.runtime import NotFound, PermissionDenied, ResourceExhausted, Unauthenticated, validation_error
+from llmlab.runtime import NotFound, PermissionDenied, ResourceExhausted, Unauthenticated
 from llmlab.runtime.context import ADMIN, Principal
 from llmlab.runtime.redis_client import key as redis_key
 
 from . import credentials
 from .credentials import AccessTokens, InvalidToken, Passwords, SecretDigest
+from .keys import FORBIDDEN, Bounds, grant, key_request
 from .limits import Limits, Tier, cap, tier
 from .ratelimit import RateLimiter
 from .repository import AuthRepository, KeyRow, UserRow
-from .routes import PERMISSIONS, PUBLIC_PATHS, Route, RouteTable
+from .routes import PUBLIC_PATHS, Route, RouteTable
 from .settings import AuthSettings
 
 log = structlog.get_logger(__name__)
 
 INVALID_TOKEN = "Invalid or expired authentication token"  # seed 001 §401
 MISSING_TOKEN = "Missing authentication token: send Authorization: Bearer <token> or X-API-Key"
-FORBIDDEN = "You do not have permission to access this resource"  # seed 001 §403
 # After a revocation the cache entry says so for this long; any fill that raced with the revocation loses.
 TOMBSTONE_SECONDS = 24 * 3600
 
@@ -85,20 +85,6 @@ class Verdict:
 def bearer(authorization: str) -> str:
     scheme, _, token = authorization.strip().partition(" ")
     return token.strip() if scheme.lower() == "bearer" else ""
-
-
-def parse_expiry(text: str | None, now: dt.datetime) -> dt.datetime | None:
-    if not text:
-        return None
-    try:
-        at = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise validation_error("expires_at", text, "must be an RFC 3339 timestamp") from None
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=dt.UTC)
-    if at <= now:
-        raise validation_error("expires_at", text, "must be in the future")
-    return at
 
 
 def _key_view(k: KeyRow) -> ApiKeyView:
@@ -249,32 +235,34 @@ class Auth:
         self, principal: Principal | None, *, name: str, permissions: list[str], requests_per_minute: int | None,
         tokens_per_minute: int | None, expires_at: str | None,
     ) -> tuple[ApiKeyView, str]:
-        """A new key for the caller; (its view, its secret). Permissions: at most the caller's own."""
+        """A new key for the caller; (its view, its secret). Never more than the caller holds (see `grant`)."""
         user = await self._caller(principal)
         assert principal is not None
-        if len(name) > 255:
-            raise validation_error("name", name[:32] + "...", "must be at most 255 characters")
-        unknown = [p for p in permissions if p not in PERMISSIONS]
-        if unknown:
-            raise validation_error("permissions", unknown[0], f"must be one of {', '.join(PERMISSIONS)}")
-        for p in permissions:
-            if not principal.allows(p):
-                raise PermissionDenied(FORBIDDEN, metadata={"required_permission": p})
-        granted = sorted(set(permissions)) if permissions else sorted(principal.permissions)
-        for field, value in (("rate_limit.requests_per_minute", requests_per_minute),
-                             ("rate_limit.tokens_per_minute", tokens_per_minute)):
-            if value is not None and value <= 0:
-                raise validation_error(field, value, "must be a positive integer")
-        t = tier(user.tier)
+        req = key_request(name=name, permissions=permissions, requests_per_minute=requests_per_minute,
+                          tokens_per_minute=tokens_per_minute, expires_at=expires_at, now=dt.datetime.now(dt.UTC))
+        new = grant(req, await self._bounds(principal), tier(user.tier))
         secret = credentials.new_api_key()
         row = await self.repo.create_key(
-            key_id=credentials.new_key_id(), user_id=user.id, name=name, secret_digest=self.digest.digest(secret),
-            permissions=granted, requests_per_minute=cap(requests_per_minute, t.requests_per_minute),
-            tokens_per_minute=cap(tokens_per_minute, t.tokens_per_minute),
-            expires_at=parse_expiry(expires_at, dt.datetime.now(dt.UTC)),
+            key_id=credentials.new_key_id(), user_id=user.id, name=new.name, secret_digest=self.digest.digest(secret),
+            permissions=new.permissions, requests_per_minute=new.requests_per_minute,
+            tokens_per_minute=new.tokens_per_minute, tokens_per_month=new.tokens_per_month,
+            expires_at=new.expires_at,
         )
-        log.info("api key created", key_id=row.id, permissions=granted)
+        log.info("api key created", key_id=row.id, permissions=new.permissions, by_key=principal.key_id or None)
         return _key_view(row), secret
+
+    async def _bounds(self, principal: Principal) -> Bounds:
+        """The caller's own: a user's permissions (their tier caps limits later), or the calling key's effective
+        permissions, limits, quota and expiry as the per-request check enforces them."""
+        if not principal.key_id:
+            return Bounds(principal.permissions, 0, 0, 0, None, by_key=False)
+        row = await self.repo.key_by_id(principal.key_id)
+        if row is None or row.user_id != principal.user_id:
+            raise Unauthenticated(INVALID_TOKEN)
+        rec = _key_record(row)
+        if rec["revoked"]:
+            raise Unauthenticated(INVALID_TOKEN)
+        return Bounds(principal.permissions, rec["rpm"], rec["tpm"], rec["tpmo"], row.expires_at, by_key=True)
 
     async def list_keys(self, principal: Principal | None) -> list[ApiKeyView]:
         user = await self._caller(principal)

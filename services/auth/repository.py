@@ -119,14 +119,14 @@ class AuthRepository:
     # -- API keys ---------------------------------------------------------------------------------------------
     async def create_key(
         self, *, key_id: str, user_id: str, name: str, secret_digest: str, permissions: list[str],
-        requests_per_minute: int, tokens_per_minute: int, expires_at: dt.datetime | None,
+        requests_per_minute: int, tokens_per_minute: int, tokens_per_month: int, expires_at: dt.datetime | None,
     ) -> KeyRow:
         await self._pool.execute(
             """INSERT INTO api_keys (id, user_id, name, secret_digest, permissions, requests_per_minute,
-                                     tokens_per_minute, expires_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+                                     tokens_per_minute, tokens_per_month, expires_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)""",
             key_id, uuid.UUID(user_id), name, secret_digest, permissions, requests_per_minute, tokens_per_minute,
-            expires_at,
+            tokens_per_month, expires_at,
         )
         key = await self.key_by_id(key_id)
         assert key is not None

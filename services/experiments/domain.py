@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llmlab.runtime import validation_error
+from llmlab.runtime.errors import excerpt
+from llmlab.runtime.text import scalar, visible_text
 
 TYPES = ("single", "batch")
 STATUSES = ("draft", "running", "completed", "failed")
@@ -22,6 +24,18 @@ MAX_TAGS = 50
 MAX_TAG_LENGTH = 64
 MAX_PROMPT_CHARS = 200_000
 MAX_NAME_CHARS = 255
+MAX_MODEL_CHARS = 200
+MAX_DESCRIPTION_CHARS = 10_000
+MAX_EXPERIMENT_ID = 2**31 - 1  # ids are Postgres `integer`s
+# The parameters each bulk action takes (seed 000 §7.2), with their JSON kind; any other key is refused.
+BULK_PARAMS: dict[str, dict[str, type]] = {
+    "favorite": {"favorited": bool},
+    "unfavorite": {"favorited": bool},
+    "archive": {"archived": bool},
+    "unarchive": {"archived": bool},
+    "delete": {},
+    "tag": {"tags": list, "remove_tags": list},
+}
 
 # (lowest, highest) of each sampling parameter; the constraint text is what clients see.
 PARAMETER_BOUNDS: dict[str, tuple[float, float]] = {
@@ -83,10 +97,16 @@ def validate_ranges(ranges: dict[str, Any]) -> dict[str, Any]:
 
 
 def validate_name(name: str) -> str:
-    stripped = name.strip()
-    if not 1 <= len(stripped) <= MAX_NAME_CHARS:
-        raise validation_error("name", name, f"must be between 1 and {MAX_NAME_CHARS} characters")
-    return stripped
+    return visible_text("name", name, max_chars=MAX_NAME_CHARS)
+
+
+def validate_model(model: str) -> str:
+    """The model's id as written; whether the registry knows it is the servicer's question (it needs I/O)."""
+    return visible_text("model", model, max_chars=MAX_MODEL_CHARS)
+
+
+def validate_description(description: str) -> str:
+    return visible_text("description", description, max_chars=MAX_DESCRIPTION_CHARS, required=False)
 
 
 def validate_choice(field_name: str, value: str, choices: tuple[str, ...]) -> str:
@@ -96,22 +116,22 @@ def validate_choice(field_name: str, value: str, choices: tuple[str, ...]) -> st
 
 
 def validate_required_text(field_name: str, value: str, max_chars: int) -> str:
-    if not value.strip():
-        raise validation_error(field_name, value, "is required")
     if len(value) > max_chars:
         raise validation_error(field_name, len(value), f"must be at most {max_chars} characters")
+    if not value.strip():
+        raise validation_error(field_name, value, "is required")
     return value
 
 
-def validate_tags(tags: list[str]) -> list[str]:
+def validate_tags(tags: list[Any], field_name: str = "tags") -> list[str]:
+    """Trimmed, visible, at most MAX_TAG_LENGTH characters each, duplicates dropped, at most MAX_TAGS."""
+    if len(tags) > MAX_TAGS * 4:  # refuse a huge list before looking at each entry
+        raise validation_error(field_name, len(tags), f"must hold at most {MAX_TAGS} tags")
     seen: dict[str, None] = {}
     for tag in tags:
-        t = tag.strip()
-        if not 1 <= len(t) <= MAX_TAG_LENGTH:
-            raise validation_error("tags", tag, f"each tag must be between 1 and {MAX_TAG_LENGTH} characters")
-        seen[t] = None
+        seen[visible_text(field_name, tag, max_chars=MAX_TAG_LENGTH)] = None
     if len(seen) > MAX_TAGS:
-        raise validation_error("tags", len(seen), f"at most {MAX_TAGS} tags")
+        raise validation_error(field_name, len(seen), f"must hold at most {MAX_TAGS} tags")
     return list(seen)
 
 
@@ -150,9 +170,9 @@ def new_experiment(
 ) -> NewExperiment:
     return NewExperiment(
         name=validate_name(name),
-        description=description,
+        description=validate_description(description),
         type=validate_choice("type", type or "single", TYPES),
-        model=validate_required_text("model", model, 200).strip(),
+        model=validate_model(model),
         prompt=validate_required_text("prompt", prompt, MAX_PROMPT_CHARS),
         parameters={**DEFAULT_PARAMETERS, **validate_parameters(parameters)},
         parameter_ranges=validate_ranges(parameter_ranges) if parameter_ranges else None,
@@ -181,12 +201,14 @@ class ExperimentPatch:
     def validate(self) -> ExperimentPatch:
         if self.name is not None:
             self.name = validate_name(self.name)
+        if self.description is not None:
+            self.description = validate_description(self.description)
         if self.type is not None:
             validate_choice("type", self.type, TYPES)
         if self.status is not None:
             validate_choice("status", self.status, STATUSES)
         if self.model is not None:
-            self.model = validate_required_text("model", self.model, 200).strip()
+            self.model = validate_model(self.model)
         if self.prompt is not None:
             validate_required_text("prompt", self.prompt, MAX_PROMPT_CHARS)
         validate_parameters(self.parameters)
@@ -301,30 +323,60 @@ class BulkAction:
     remove_tags: list[str] = field(default_factory=list)
 
 
-def bulk_action(
-    action: str,
-    ids: list[int],
-    *,
-    favorited: bool | None,
-    archived: bool | None,
-    tags: list[str],
-    remove_tags: list[str],
-) -> BulkAction:
+def _bulk_ids(values: Any) -> list[int]:
+    """Every entry a positive integer (a JSON number: not null, not "7", not 1.5, not true); duplicates dropped."""
+    if values is None:
+        raise validation_error("experiment_ids", None, f"is required: a list of 1 to {MAX_BULK_IDS} experiment ids")
+    if not isinstance(values, list):
+        raise validation_error("experiment_ids", scalar(values), "must be a list of experiment ids")
+    if not 1 <= len(values) <= MAX_BULK_IDS:
+        raise validation_error("experiment_ids", len(values), f"must hold between 1 and {MAX_BULK_IDS} ids")
+    ids: dict[int, None] = {}
+    for i, v in enumerate(values):
+        if (
+            isinstance(v, bool)
+            or not isinstance(v, int | float)
+            or not math.isfinite(v)
+            or not float(v).is_integer()
+            or not 1 <= v <= MAX_EXPERIMENT_ID
+        ):
+            raise validation_error(f"experiment_ids[{i}]", scalar(v), "must be a positive integer experiment id")
+        ids[int(v)] = None
+    return list(ids)
+
+
+def _bulk_params(action: str, params: Any) -> dict[str, Any]:
+    """The action's own parameters, each of its kind; a key the action does not take is refused, not ignored."""
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise validation_error("params", scalar(params), "must be an object")
+    allowed = BULK_PARAMS[action]
+    for key, v in params.items():
+        field_name = f"params.{excerpt(key)}"
+        if key not in allowed:
+            expected = f"it takes {', '.join(allowed)}" if allowed else "it takes no parameters"
+            raise validation_error(field_name, scalar(v), f"is not a parameter of the {action} action; {expected}")
+        if allowed[key] is bool and not isinstance(v, bool):
+            raise validation_error(field_name, scalar(v), "must be true or false")
+        if allowed[key] is list and not isinstance(v, list):
+            raise validation_error(field_name, scalar(v), "must be a list of tags")
+    return params
+
+
+def bulk_action(action: str, ids: Any, params: Any) -> BulkAction:
+    """Validate a whole bulk request (seed 000 §7.2) before anything changes. `ids` and `params` are the JSON
+    values as the client sent them (a list, an object, or None when absent)."""
     validate_choice("action", action, BULK_ACTIONS)
-    unique = list(dict.fromkeys(ids))
-    if not 1 <= len(unique) <= MAX_BULK_IDS:
-        raise validation_error("experiment_ids", len(unique), f"must hold between 1 and {MAX_BULK_IDS} ids")
-    bad = [i for i in unique if i < 1]
-    if bad:
-        raise validation_error("experiment_ids", bad[0], "ids must be positive integers")
-    result = BulkAction(action=action, ids=unique)
+    result = BulkAction(action=action, ids=_bulk_ids(ids))
+    given = _bulk_params(action, params)
     if action in ("favorite", "unfavorite"):
-        result.favorited = (action == "favorite") if favorited is None else favorited
+        result.favorited = given.get("favorited", action == "favorite")
     elif action in ("archive", "unarchive"):
-        result.archived = (action == "archive") if archived is None else archived
+        result.archived = given.get("archived", action == "archive")
     elif action == "tag":
-        result.add_tags = validate_tags(tags)
-        result.remove_tags = validate_tags(remove_tags)
+        result.add_tags = validate_tags(given.get("tags", []), "params.tags")
+        result.remove_tags = validate_tags(given.get("remove_tags", []), "params.remove_tags")
         if not result.add_tags and not result.remove_tags:
-            raise validation_error("params.tags", [], "tag needs params.tags or params.remove_tags")
+            raise validation_error("params.tags", [], "the tag action needs params.tags or params.remove_tags")
     return result

@@ -264,7 +264,8 @@ class ExperimentRepository:
         return result == "DELETE 1"
 
     async def bulk(self, action: BulkAction) -> tuple[list[int], list[int]]:
-        """Apply one action to many experiments in one transaction; return (affected ids, missing ids)."""
+        """Apply one action to every listed experiment in one transaction: (affected ids, []) when all exist, else
+        ([], missing ids) with nothing changed (the rows stay locked until then, so none vanishes in between)."""
         async with self._pool.acquire() as conn, conn.transaction():
             existing = [
                 r["id"]
@@ -273,7 +274,7 @@ class ExperimentRepository:
                 )
             ]
             missing = sorted(set(action.ids) - set(existing))
-            if not existing:
+            if missing:
                 return [], missing
             if action.action == "delete":
                 await conn.execute("DELETE FROM experiments WHERE id = ANY($1::int[])", existing)
@@ -303,4 +304,4 @@ class ExperimentRepository:
                     action.add_tags,
                     action.remove_tags,
                 )
-            return existing, missing
+            return existing, []

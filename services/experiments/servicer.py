@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from llmlab.experiments.v1 import experiments_service_pb2 as pb
@@ -12,6 +13,7 @@ from llmlab.runtime import NotFound
 from llmlab.runtime.envelope import iso, meta, pagination, seconds_text, value
 
 from . import domain
+from .models import ModelRegistry
 from .repository import ExperimentRepository, ExperimentRow, ResponseRow
 
 _PARAMETER_FIELDS = ("temperature", "top_p", "max_tokens", "frequency_penalty", "presence_penalty")
@@ -91,8 +93,9 @@ def _not_found(experiment_id: int) -> NotFound:
 class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
     """Seed 000 §1 and §7 over the experiments store."""
 
-    def __init__(self, repo: ExperimentRepository) -> None:
+    def __init__(self, repo: ExperimentRepository, models: ModelRegistry) -> None:
         self._repo = repo
+        self._models = models
 
     async def _detail_data(self, row: ExperimentRow) -> pb.ExperimentData:
         return pb.ExperimentData(experiment=_detail(row, await self._repo.responses(row.id)))
@@ -138,6 +141,7 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
             response_count=request.response_count if request.HasField("response_count") else None,
             tags=list(request.tags),
         )
+        new.model = await self._models.resolve(new.model)
         row = await self._repo.create(new)
         return pb.CreateExperimentResponse(success=True, data=await self._detail_data(row), meta=meta())
 
@@ -156,6 +160,8 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
             # `tag` action with remove_tags.
             tags=list(request.tags) if request.tags else None,
         ).validate()
+        if patch.model is not None:
+            patch.model = await self._models.resolve(patch.model)
         row = await self._repo.update(request.id, patch)
         if row is None:
             raise _not_found(request.id)
@@ -229,20 +235,23 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
     async def BulkExperiments(
         self, request: pb.BulkExperimentsRequest, context: Any
     ) -> pb.BulkExperimentsResponse:
-        params = request.params
         action = domain.bulk_action(
             request.action,
-            list(request.experiment_ids),
-            favorited=params.favorited if params.HasField("favorited") else None,
-            archived=params.archived if params.HasField("archived") else None,
-            tags=list(params.tags),
-            remove_tags=list(params.remove_tags),
+            json_format.MessageToDict(request.experiment_ids) if request.HasField("experiment_ids") else None,
+            json_format.MessageToDict(request.params) if request.HasField("params") else None,
         )
         affected, missing = await self._repo.bulk(action)
+        if missing:
+            shown = ", ".join(str(i) for i in missing[:10]) + (", ..." if len(missing) > 10 else "")
+            raise NotFound(
+                f"Experiments not found: {shown} (nothing was changed)",
+                reason="EXPERIMENT_NOT_FOUND",
+                details={"not_found_ids": missing},
+            )
         return pb.BulkExperimentsResponse(
             success=True,
             data=pb.BulkExperimentsData(
-                action=action.action, affected_ids=affected, affected_count=len(affected), not_found_ids=missing
+                action=action.action, affected_ids=affected, affected_count=len(affected)
             ),
             meta=meta(),
         )

@@ -6,12 +6,12 @@ import pathlib
 
 from llmlab.runtime import ServiceApp, ServiceSpec
 
-from .internal_servicer import InferenceServicer
-from .model_servicer import ModelServicer
-from .models import ModelManager
-from .native_servicer import NativeServicer
-from .openai_servicer import OpenAIServicer
-from .registry import ModelRegistry
+from .internal.servicer import InferenceServicer
+from .models.manager import ModelManager
+from .models.registry import ModelRegistry
+from .models.servicer import ModelServicer
+from .native.servicer import NativeServicer
+from .openai.servicer import OpenAIServicer
 from .settings import InferenceSettings
 from .usage import UsageRecorder
 

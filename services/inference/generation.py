@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator
 
+from .domain import GenerationEvent
 from .engine import EngineError
 from .errors import engine_error
-from .types import GenerationEvent
 
 _END = object()
 

@@ -12,7 +12,7 @@ class InferenceSettings(ServiceSettings):
     """Which model is embedded, where its artifact lives, and how big the engine is."""
 
     default_model: str = "smollm2-135m-instruct"
-    model_cache: str = ""  # empty: $LLMLAB_MODEL_CACHE or ~/.cache/llmlab/models (see importer.default_cache_dir)
+    model_cache: str = ""  # empty: $LLMLAB_MODEL_CACHE or ~/.cache/llmlab/models (see artifacts.default_cache_dir)
     load_on_start: bool = True  # load the embedded model when its artifact is cached
     device: str = "cpu"  # "cuda" uses onnxruntime-gpu's CUDA execution provider when present
     threads: int = 0  # intra-op threads; 0: every core

@@ -7,8 +7,8 @@ import structlog
 from llmlab.runtime import ServiceApp
 from llmlab.runtime.context import current_request_id, principal_var
 
-from .registry import ModelRecord
-from .types import GenerationEvent, Usage
+from .domain import GenerationEvent, Usage
+from .models.registry import ModelRecord
 
 log = structlog.get_logger(__name__)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pathlib
-
 from llmlab.runtime import ServiceApp, ServiceSpec
 
 
@@ -11,4 +9,5 @@ async def setup(app: ServiceApp) -> None:
     app.serve_package("llmlab.metrics.v1", {})
 
 
-SPEC = ServiceSpec(name="metrics", setup=setup, migrations=pathlib.Path(__file__).parent / "migrations")
+# No storage and no events yet: no migrations, no Postgres pool, no Redis client.
+SPEC = ServiceSpec(name="metrics", setup=setup, uses_redis=False)

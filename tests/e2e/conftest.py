@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from llmlab.devstack import free_port
-from llmlab.devstack.platform import PlatformConfig, platform_supervisor
+from llmlab.devstack.launcher import PlatformConfig, platform_supervisor
 from llmlab.runtime.settings import SERVICES
 
 from ..conftest import delete_keys, drop_schemas

@@ -98,7 +98,8 @@ async def test_api_keys_seed_003_shape_headers_permissions_and_revocation(http, 
     # It cannot mint keys (no `keys` permission), nor grant more than it holds through a key that has `keys`.
     assert (await anonymous.post("/v1/auth/api-keys", json={}, headers=bearer(created))).status_code == 403
     manager = await new_key(http, permissions=["keys", "models.read"])
-    r = await anonymous.post("/v1/auth/api-keys", json={"permissions": ["inference"]}, headers=bearer(manager))
+    r = await anonymous.post("/v1/auth/api-keys", json={"name": "escalation", "permissions": ["inference"]},
+                             headers=bearer(manager))
     assert r.status_code == 403 and r.json()["error"]["type"] == "permission_error"
 
     r = await http.delete(f"/v1/auth/api-keys/{created['id']}")
@@ -111,12 +112,77 @@ async def test_api_keys_seed_003_shape_headers_permissions_and_revocation(http, 
 
 
 async def test_bad_key_requests(http):
-    r = await http.post("/v1/auth/api-keys", json={"permissions": ["root"]})
+    r = await http.post("/v1/auth/api-keys", json={"name": "k", "permissions": ["root"]})
     assert r.status_code == 400 and r.json()["error"]["param"] == "permissions"
-    r = await http.post("/v1/auth/api-keys", json={"expires_at": "2001-01-01T00:00:00Z"})
+    r = await http.post("/v1/auth/api-keys", json={"name": "k", "expires_at": "2001-01-01T00:00:00Z"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "expires_at"
-    r = await http.post("/v1/auth/api-keys", json={"rate_limit": {"requests_per_minute": 0}})
+    r = await http.post("/v1/auth/api-keys", json={"name": "k", "rate_limit": {"requests_per_minute": 0}})
     assert r.status_code == 400 and r.json()["error"]["param"] == "rate_limit.requests_per_minute"
+
+
+def assert_serving_400(r: httpx.Response, param: str) -> str:
+    """The OpenAI family's 400: the param named, the constraint in the message, a request id."""
+    assert r.status_code == 400, r.text
+    body = r.json()
+    assert set(body) == {"error", "request_id"} and body["request_id"] == r.headers["x-request-id"] != ""
+    assert body["error"]["type"] == "invalid_request_error" and body["error"]["code"] == "validation_error"
+    assert body["error"]["param"] == param and body["error"]["message"].startswith(f"`{param}` ")
+    return body["error"]["message"]
+
+
+@pytest.mark.parametrize(("body", "param"), [({}, "name"), ({"name": "   "}, "name"),
+                                               ({"name": "\u200b\u200b"}, "name"), ({"name": "n" * 256}, "name")])
+async def test_a_key_needs_a_visible_name(http, body, param):
+    before = {k["id"] for k in (await http.get("/v1/auth/api-keys")).json()["data"]}
+    assert_serving_400(await http.post("/v1/auth/api-keys", json=body), param)
+    assert {k["id"] for k in (await http.get("/v1/auth/api-keys")).json()["data"]} == before
+
+
+async def test_expires_at_that_is_not_a_timestamp_is_400_quickly_and_not_quoted(http):
+    assert "RFC 3339" in assert_serving_400(
+        await http.post("/v1/auth/api-keys", json={"name": "k", "expires_at": "next tuesday"}), "expires_at")
+    started = time.monotonic()
+    r, *others = await asyncio.gather(
+        http.post("/v1/auth/api-keys", json={"name": "k", "expires_at": "2030-12-31T23:59:59Z" + "9" * 60_000}),
+        *(http.get("/v1/auth/api-keys") for _ in range(8)),
+    )
+    assert_serving_400(r, "expires_at")
+    assert len(r.content) < 600 and time.monotonic() - started < 5
+    assert all(o.status_code == 200 for o in others)
+
+
+async def test_a_key_mints_keys_only_within_its_own_limits_and_expiry(http, anonymous, platform):
+    """docs/auth.md "API keys": a limited key cannot mint unlimited (0/0), higher or longer-lived keys."""
+    expires = (dt.datetime.now(dt.UTC) + dt.timedelta(days=10)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    manager = await new_key(http, permissions=["keys", "models.read"], expires_at=expires,
+                            rate_limit={"requests_per_minute": 30, "tokens_per_minute": 5000})
+    as_manager = bearer(manager)
+
+    r = await anonymous.post("/v1/auth/api-keys", json={"name": "child"}, headers=as_manager)
+    assert r.status_code == 200, r.text
+    child = r.json()
+    assert child["rate_limit"] == {"requests_per_minute": 30, "tokens_per_minute": 5000}
+    assert child["expires_at"] == expires and child["permissions"] == ["keys", "models.read"]
+    ok = await anonymous.get("/v1/models", headers=bearer(child))
+    assert ok.status_code == 200 and ok.headers["x-ratelimit-limit-requests"] == "30"
+
+    for body, param, says in [
+        ({"rate_limit": {"requests_per_minute": 31}}, "rate_limit.requests_per_minute", "at most 30"),
+        ({"rate_limit": {"tokens_per_minute": 100000}}, "rate_limit.tokens_per_minute", "at most 5000"),
+        ({"expires_at": "2099-01-01T00:00:00Z"}, "expires_at", f"not be later than {expires}"),
+    ]:
+        r = await anonymous.post("/v1/auth/api-keys", json={"name": "greedy", **body}, headers=as_manager)
+        assert says in assert_serving_400(r, param)
+    names = [k["name"] for k in (await anonymous.get("/v1/auth/api-keys", headers=as_manager)).json()["data"]]
+    assert "greedy" not in names and "child" in names
+
+    # The admin's session key is unlimited and never expires: what it mints may be too (and a JWT admin's).
+    r = await http.post("/v1/auth/api-keys", json={"name": "unlimited"})
+    assert r.json()["rate_limit"] == {"requests_per_minute": 0, "tokens_per_minute": 0}
+    tokens = await login(platform)
+    r = await anonymous.post("/v1/auth/api-keys", json={"name": "by jwt", "rate_limit": {"requests_per_minute": 999}},
+                             headers=bearer(tokens["access_token"]))
+    assert r.status_code == 200 and r.json()["rate_limit"]["requests_per_minute"] == 999
 
 
 async def test_keys_are_stored_hashed(http, platform):

@@ -1,11 +1,15 @@
 """The lab experiments resource through Envoy with plain HTTP, in seed 000's shapes (§1.1-1.5, §7.1-7.2)."""
 
+import asyncio
 import datetime as dt
+import time
 
 import pytest
 
 from llmlab.experiments.v1 import experiments_service_pb2 as pb
 from llmlab.experiments.v1 import experiments_service_pb2_grpc as pb_grpc
+
+from .test_bad_input import assert_lab_error
 
 LIST_KEYS = {
     "id", "name", "description", "type", "status", "model", "prompt", "parameters", "quality_score",
@@ -143,11 +147,103 @@ async def test_history_with_timeline(http, db):
 @pytest.mark.parametrize("action", ["archive", "delete"])
 async def test_bulk_archive_and_delete(http, db, action):
     a = await create(http, name=f"bulk {action}")
+    # An unknown id: 404 listing it, and nothing changed (all or nothing).
     r = await http.post("/api/experiments/bulk", json={"action": action, "experiment_ids": [a["id"], 987654]})
+    err = assert_lab_error(r, 404, "EXPERIMENT_NOT_FOUND")
+    assert err["details"] == {"not_found_ids": [987654]} and "987654" in err["message"]
+    row = await db.fetchrow("SELECT archived FROM experiments WHERE id = $1", a["id"])
+    assert row is not None and row["archived"] is False
+    r = await http.post("/api/experiments/bulk", json={"action": action, "experiment_ids": [a["id"]]})
     assert r.status_code == 200
-    assert r.json()["data"]["not_found_ids"] == [987654] and r.json()["data"]["affected_ids"] == [a["id"]]
+    assert r.json()["data"] == {"action": action, "affected_ids": [a["id"]], "affected_count": 1, "not_found_ids": []}
     row = await db.fetchrow("SELECT archived FROM experiments WHERE id = $1", a["id"])
     assert (row is None) if action == "delete" else row["archived"]
+
+
+@pytest.mark.parametrize("action", ["delete", "archive"])
+async def test_a_null_id_refuses_the_whole_bulk_request(http, db, action):
+    """The transcoder drops a null inside a typed list; the bulk body keeps it, so the service refuses it."""
+    a = await create(http, name=f"null {action}")
+    before = await db.fetchrow("SELECT * FROM experiments WHERE id = $1", a["id"])
+    r = await http.post("/api/experiments/bulk", json={"action": action, "experiment_ids": [a["id"], None]})
+    err = assert_lab_error(r, 400, "VALIDATION_ERROR")
+    assert err["details"] == {"field": "experiment_ids[1]", "value": None,
+                              "constraint": "must be a positive integer experiment id"}
+    assert await db.fetchrow("SELECT * FROM experiments WHERE id = $1", a["id"]) == before  # still there, unchanged
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "constraint"),
+    [
+        ({"action": "favorite", "experiment_ids": ["{id}"]}, "experiment_ids[0]",
+         "must be a positive integer experiment id"),
+        ({"action": "favorite", "experiment_ids": [1.5]}, "experiment_ids[0]",
+         "must be a positive integer experiment id"),
+        ({"action": "favorite", "experiment_ids": []}, "experiment_ids", "must hold between 1 and 1000 ids"),
+        ({"action": "favorite", "experiment_ids": None}, "experiment_ids",
+         "is required: a list of 1 to 1000 experiment ids"),
+        ({"action": "favorite", "params": {"favourite": True}}, "params.favourite",
+         "is not a parameter of the favorite action; it takes favorited"),
+        ({"action": "favorite", "params": {"favorited": "yes"}}, "params.favorited", "must be true or false"),
+        ({"action": "archive", "params": {"archived": None}}, "params.archived", "must be true or false"),
+        ({"action": "tag", "params": {"tags": ["ok", None]}}, "params.tags", "must be a string"),
+        ({"action": "tag", "params": {"tags": ["\u200b"]}}, "params.tags",
+         "must contain a visible character (not only spaces, zero-width or control characters)"),
+        ({"action": "delete", "params": {"cascade": True}}, "params.cascade",
+         "is not a parameter of the delete action; it takes no parameters"),
+        ({"action": "explode"}, "action", "must be one of favorite, unfavorite, archive, unarchive, delete, tag"),
+    ],
+)
+async def test_every_bulk_field_is_checked_before_anything_changes(http, db, body, field, constraint):
+    a = await create(http, name="bulk target", tags=["t"])
+    before = await db.fetchrow("SELECT * FROM experiments WHERE id = $1", a["id"])
+    request = {"experiment_ids": [a["id"]], **body}
+    if request["experiment_ids"] == ["{id}"]:
+        request["experiment_ids"] = [str(a["id"])]  # "7" for 7: a string is not an id
+    err = assert_lab_error(await http.post("/api/experiments/bulk", json=request), 400, "VALIDATION_ERROR")
+    assert err["details"]["field"] == field and err["details"]["constraint"] == constraint
+    assert await db.fetchrow("SELECT * FROM experiments WHERE id = $1", a["id"]) == before
+
+
+async def test_model_is_checked_against_the_registry(http, db):
+    r = await http.post("/api/experiments", json={**SEED_CREATE, "model": "gpt-4"})
+    err = assert_lab_error(r, 400, "VALIDATION_ERROR")
+    assert err["message"] == "Validation failed"
+    assert err["details"] == {"field": "model", "value": "gpt-4",
+                              "constraint": "must be a registered model id (GET /api/models lists them)"}
+    exp = await create(http, name="model check")
+    before = await db.fetchrow("SELECT * FROM experiments WHERE id = $1", exp["id"])
+    r = await http.put(f"/api/experiments/{exp['id']}", json={"name": "renamed", "model": "no-such-model"})
+    assert assert_lab_error(r, 400, "VALIDATION_ERROR")["details"]["field"] == "model"
+    assert await db.fetchrow("SELECT * FROM experiments WHERE id = $1", exp["id"]) == before
+    r = await http.put(f"/api/experiments/{exp['id']}", json={"model": " smollm2-135m-instruct "})
+    assert r.status_code == 200 and r.json()["data"]["experiment"]["model"] == "smollm2-135m-instruct"
+
+
+@pytest.mark.parametrize("name", ["\u200b\u200b\u200b", "\u200c\u200d\u2060\ufeff", " \t\n ", "\u3000"])
+async def test_a_name_without_a_visible_character_is_refused(http, db, name):
+    count = await db.fetchval("SELECT count(*) FROM experiments")
+    err = assert_lab_error(await http.post("/api/experiments", json={**SEED_CREATE, "name": name}), 400,
+                           "VALIDATION_ERROR")
+    assert err["details"]["field"] == "name" and "visible character" in err["details"]["constraint"]
+    assert await db.fetchval("SELECT count(*) FROM experiments") == count
+
+
+async def test_names_are_trimmed_and_long_ones_refused_quickly_without_being_quoted(http, db):
+    exp = await create(http, name="\u200b  Trimmed name \n", tags=["  spaced  "])
+    assert exp["name"] == "Trimmed name" and exp["tags"] == ["spaced"]
+    before = await db.fetchrow("SELECT * FROM experiments WHERE id = $1", exp["id"])
+    for body in ({"name": "x" * 256}, {"name": "y" * 70_000}, {"tags": ["t" * 65]}, {"description": "d" * 10_001}):
+        started = time.monotonic()
+        r, *others = await asyncio.gather(
+            http.put(f"/api/experiments/{exp['id']}", json=body),
+            *(http.get("/api/experiments", params={"limit": 1}) for _ in range(8)),
+        )
+        err = assert_lab_error(r, 400, "VALIDATION_ERROR")
+        assert err["details"]["field"] == next(iter(body)) and len(r.content) < 1000
+        assert all(o.status_code == 200 for o in others)
+        assert time.monotonic() - started < 5
+    assert await db.fetchrow("SELECT * FROM experiments WHERE id = $1", exp["id"]) == before
 
 
 async def test_one_store_for_grpc_and_rest(http, platform):
@@ -155,7 +251,7 @@ async def test_one_store_for_grpc_and_rest(http, platform):
     async with platform.channel("experiments") as channel:
         stub = pb_grpc.ExperimentServiceStub(channel)
         made = (await stub.CreateExperiment(pb.CreateExperimentRequest(
-            name="via grpc", model="m", prompt="p", tags=["grpc"]))).data.experiment
+            name="via grpc", model="smollm2-135m-instruct", prompt="p", tags=["grpc"]))).data.experiment
         r = await http.get(f"/api/experiments/{made.id}")
         assert r.json()["data"]["experiment"]["name"] == "via grpc"
         await http.put(f"/api/experiments/{made.id}", json={"name": "via rest"})

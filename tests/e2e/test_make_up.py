@@ -66,7 +66,8 @@ async def test_up_with_embedded_datastores_then_sigterm():
             http.headers["authorization"] = f"Bearer {token.json()['access_token']}"
             health = (await http.get("/api/health")).json()
             assert health["data"]["status"] == "healthy", health
-            created = await http.post("/api/experiments", json={"name": "up", "model": "m", "prompt": "p"})
+            created = await http.post("/api/experiments",
+                                      json={"name": "up", "model": "smollm2-135m-instruct", "prompt": "p"})
             assert created.status_code == 200
             assert (await http.get("/api/experiments")).json()["meta"]["pagination"]["total"] == 1
         proc.send_signal(signal.SIGTERM)

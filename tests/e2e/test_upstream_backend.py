@@ -4,6 +4,8 @@ A second inference service runs in this test process (port 0, its own schema) wi
 `backend: openai` whose base_url is the running platform's gateway; generating with it goes upstream through
 Envoy, auth included, to the embedded model - and the answers must match what the platform gives directly."""
 
+import json
+
 import grpc
 import pytest
 
@@ -12,7 +14,7 @@ from llmlab.inference.v1 import inference_service_pb2_grpc as pb_grpc
 from llmlab.runtime import load_settings
 from llmlab.runtime.server import ServiceApp
 from services.inference.app import SPEC
-from services.inference.registry import ModelRegistry, NewModel
+from services.inference.models.registry import ModelRegistry, NewModel
 
 KEY_ENV = "LLMLAB_TEST_UPSTREAM_KEY"
 
@@ -70,3 +72,43 @@ async def test_streaming_and_upstream_errors(proxy_inference, monkeypatch):
             await stub.Generate(pb.GenerateRequest(model="via-gateway", prompt="x",
                                                    sampling=pb.SamplingParams(max_tokens=2)))
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def _chat_via_proxy(proxy_inference, body: dict) -> dict:
+    from google.api import httpbody_pb2
+
+    from llmlab.inference.v1 import openai_service_pb2 as oai_pb
+    from llmlab.inference.v1 import openai_service_pb2_grpc as oai_grpc
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{proxy_inference.port}") as channel:
+        request = oai_pb.CreateChatCompletionRequest(
+            http_body=httpbody_pb2.HttpBody(content_type="application/json", data=json.dumps(body).encode()))
+        parts = [p.data async for p in oai_grpc.OpenAIServiceStub(channel).CreateChatCompletion(request)]
+    return json.loads(b"".join(parts))
+
+
+async def test_tools_and_tool_choice_reach_the_upstream(proxy_inference):
+    """The upstream (the platform's /v1) receives tools and tool_choice and answers structured tool_calls, which
+    come back to our client as tool_calls - not as text, and not with the tools dropped."""
+    weather = {"type": "function", "function": {
+        "name": "get_weather", "description": "Current weather of a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+    answer = await _chat_via_proxy(proxy_inference, {
+        "model": "via-gateway", "temperature": 0, "max_tokens": 40,
+        "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+        "tools": [weather], "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+    })
+    choice = answer["choices"][0]
+    assert choice["finish_reason"] == "tool_calls", answer
+    calls = choice["message"]["tool_calls"]
+    assert calls[0]["function"]["name"] == "get_weather" and calls[0]["id"].startswith("call_")
+    assert isinstance(json.loads(calls[0]["function"]["arguments"]), dict)
+
+
+async def test_response_format_reaches_the_upstream(proxy_inference):
+    answer = await _chat_via_proxy(proxy_inference, {
+        "model": "via-gateway", "temperature": 0, "max_tokens": 40,
+        "messages": [{"role": "user", "content": "Give the capital of France as JSON with the key city."}],
+        "response_format": {"type": "json_object"},
+    })
+    assert isinstance(json.loads(answer["choices"][0]["message"]["content"]), dict), answer

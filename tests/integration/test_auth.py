@@ -4,6 +4,7 @@ Check / ShouldRateLimit answered by two replicas at once (revocation and limits 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
 
@@ -14,7 +15,9 @@ from envoy.service.auth.v3 import attribute_context_pb2 as attrs
 from envoy.service.auth.v3 import external_auth_pb2 as ea
 from envoy.service.auth.v3 import external_auth_pb2_grpc as ea_grpc
 from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from google.protobuf import json_format, struct_pb2
 from google.rpc import code_pb2
+from grpc_status import rpc_status
 
 from llmlab.auth.v1 import auth_service_pb2 as pb
 from llmlab.auth.v1 import auth_service_pb2_grpc as pb_grpc
@@ -275,3 +278,59 @@ async def test_keys_only_for_authenticated_callers(replicas):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await a.auth.ListApiKeys(pb.ListApiKeysRequest())
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def violation(err: grpc.aio.AioRpcError) -> dict:
+    """The seed 000 details {field, value, constraint} of an INVALID_ARGUMENT answer."""
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
+    for detail in rpc_status.from_call(err).details:
+        if detail.Is(struct_pb2.Struct.DESCRIPTOR):
+            details = struct_pb2.Struct()
+            detail.Unpack(details)
+            return json_format.MessageToDict(details)
+    raise AssertionError("no details")
+
+
+async def test_a_key_minted_by_a_key_stays_within_it(replicas):
+    """docs/auth.md "API keys": permissions, limits, monthly quota and expiry at most the minting key's."""
+    a, b = replicas
+    md = await admin_metadata(a)
+    expires = (dt.datetime.now(dt.UTC) + dt.timedelta(days=10)).replace(microsecond=0)
+    manager = await a.auth.CreateApiKey(pb.CreateApiKeyRequest(
+        name="manager", permissions=["keys", "models.read"],
+        rate_limit=pb.RateLimit(requests_per_minute=20, tokens_per_minute=1000),
+        expires_at=expires.strftime("%Y-%m-%dT%H:%M:%SZ")), metadata=md)
+    await a.app.db.execute("UPDATE api_keys SET tokens_per_month = 5000 WHERE id = $1", manager.id)
+    as_manager = as_caller(await b.check("/v1/auth/api-keys", manager.api_key, "POST"))
+
+    child = await b.auth.CreateApiKey(pb.CreateApiKeyRequest(name="child"), metadata=as_manager)
+    assert list(child.permissions) == ["keys", "models.read"]
+    assert (child.rate_limit.requests_per_minute, child.rate_limit.tokens_per_minute) == (20, 1000)
+    assert child.expires_at.string_value == expires.strftime("%Y-%m-%dT%H:%M:%SZ")
+    seen = (await a.auth.GetPrincipal(pb.GetPrincipalRequest(key_id=child.id))).principal
+    assert seen.tokens_per_month == 5000 and seen.rate_limit.requests_per_minute == 20
+
+    for request, field in [
+        (pb.CreateApiKeyRequest(name="c", rate_limit=pb.RateLimit(requests_per_minute=21)),
+         "rate_limit.requests_per_minute"),
+        (pb.CreateApiKeyRequest(name="c", rate_limit=pb.RateLimit(tokens_per_minute=100000)),
+         "rate_limit.tokens_per_minute"),
+        (pb.CreateApiKeyRequest(name="c", expires_at="2099-01-01T00:00:00Z"), "expires_at"),
+        (pb.CreateApiKeyRequest(), "name"),
+        (pb.CreateApiKeyRequest(name="\u200b\u200b"), "name"),
+        (pb.CreateApiKeyRequest(name="c", expires_at="9" * 60_000), "expires_at"),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await b.auth.CreateApiKey(request, metadata=as_manager)
+        details = violation(err.value)
+        assert details["field"] == field and len(str(details["value"])) < 100
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await b.auth.CreateApiKey(pb.CreateApiKeyRequest(name="c", permissions=["inference"]), metadata=as_manager)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    listed = (await a.auth.ListApiKeys(pb.ListApiKeysRequest(), metadata=md)).data
+    assert sorted(k.name for k in listed) == ["child", "manager"]  # nothing refused was stored
+
+    # The admin signed in with a JWT keeps today's abilities: an unlimited key that never expires.
+    admin_key = await a.auth.CreateApiKey(pb.CreateApiKeyRequest(name="  unlimited  "), metadata=md)
+    assert admin_key.name == "unlimited" and admin_key.expires_at.WhichOneof("kind") == "null_value"
+    assert (admin_key.rate_limit.requests_per_minute, admin_key.rate_limit.tokens_per_minute) == (0, 0)

@@ -13,9 +13,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from services.inference.artifacts import default_cache_dir
+from services.inference.domain import GenerationRequest, SamplingParams
 from services.inference.engine import Engine, EngineConfig, collect
-from services.inference.importer import default_cache_dir
-from services.inference.types import GenerationRequest, SamplingParams
 
 QUESTIONS = [
     "What is the capital of France? Answer in one sentence.",

@@ -1,18 +1,88 @@
-"""The lab experiments resource over gRPC against the real Postgres (seed 000 §1.1-1.5, §7.1-7.2)."""
+"""The lab experiments resource over gRPC against the real Postgres (seed 000 §1.1-1.5, §7.1-7.2), with the
+inference service on port 0 as the model registry that `model` is checked against."""
 
 import datetime as dt
+import uuid
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
+from grpc_status import rpc_status
 
+from llmlab.devstack import free_port
 from llmlab.experiments.v1 import experiments_service_pb2 as pb
 from llmlab.experiments.v1 import experiments_service_pb2_grpc as pb_grpc
+from llmlab.inference.v1 import model_service_pb2 as model_pb
+from llmlab.inference.v1 import model_service_pb2_grpc as model_grpc
+from llmlab.runtime import load_settings
+from llmlab.runtime.server import ServiceApp
+from services.inference.app import SPEC as INFERENCE
+from services.inference.settings import InferenceSettings
+from tests.conftest import delete_keys, drop_schemas
+
+MODELS = ("smollm2-135m-instruct", "m1", "m2")
+
+
+@pytest.fixture(scope="module")
+async def registry(database_url, redis_url) -> AsyncIterator[ServiceApp]:
+    """One inference service for the module, in its own schema, holding MODELS (no engine is loaded: only the
+    registry is asked)."""
+    run = uuid.uuid4().hex[:12]
+    schema, prefix = f"t_{run}", f"t{run}"
+    settings = load_settings(
+        InferenceSettings, INFERENCE.name, environ={}, port=0, database_url=database_url, redis_url=redis_url,
+        db_schema=schema, redis_prefix=prefix, shutdown_grace_seconds=1.0, load_on_start=False,
+    )  # fmt: skip
+    app = ServiceApp(INFERENCE, settings)
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            models = model_grpc.ModelServiceStub(channel)
+            for model in MODELS:
+                try:
+                    await models.CreateLabModel(model_pb.CreateLabModelRequest(name=model, base_model=model, id=model))
+                except grpc.aio.AioRpcError as exc:  # the embedded model registers itself when it is imported
+                    assert exc.code() == grpc.StatusCode.ALREADY_EXISTS
+        yield app
+    finally:
+        await app.stop()
+        await drop_schemas(database_url, schema)
+        await delete_keys(redis_url, prefix)
+
+
+@pytest.fixture(autouse=True)
+def inference_target(registry, monkeypatch):
+    """The experiments service finds its peers by LLMLAB_<PEER>_TARGET, as devstack and Kubernetes set it."""
+    monkeypatch.setenv("LLMLAB_INFERENCE_TARGET", f"127.0.0.1:{registry.port}")
 
 
 @pytest.fixture
 def stub(experiments_channel):
     return pb_grpc.ExperimentServiceStub(experiments_channel)
+
+
+def ids(*values) -> struct_pb2.ListValue:
+    """`experiment_ids` as a JSON list, the way the gateway passes it on."""
+    out = struct_pb2.ListValue()
+    out.extend(values)
+    return out
+
+
+def params(**values) -> struct_pb2.Struct:
+    out = struct_pb2.Struct()
+    out.update(values)
+    return out
+
+
+def violation(err: grpc.aio.AioRpcError) -> dict:
+    """The details of an error answer: seed 000's {field, value, constraint}, or the not-found ids."""
+    for detail in rpc_status.from_call(err).details:
+        if detail.Is(struct_pb2.Struct.DESCRIPTOR):
+            details = struct_pb2.Struct()
+            detail.Unpack(details)
+            return json_format.MessageToDict(details)
+    raise AssertionError("no details")
 
 
 async def create(stub, name="Story", **kw):
@@ -72,19 +142,19 @@ async def test_invalid_update_changes_nothing(stub):
 
 
 async def test_list_filters_sort_and_pagination(stub, experiments_app):
-    ids = {}
+    made = {}
     for name, model, typ, status in [
         ("Alpha poem", "m1", "single", "draft"),
         ("Beta story", "m2", "batch", "completed"),
         ("Gamma story", "m1", "single", "running"),
     ]:
         e = await create(stub, name=name, model=model, type=typ, description=f"about {name.lower()}")
-        ids[name] = e.id
+        made[name] = e.id
         if status != "draft":
             await stub.UpdateExperiment(pb.UpdateExperimentRequest(id=e.id, status=status))
     # Back-date one experiment to exercise the date range (created_at is server-set).
     await experiments_app.db.execute(
-        "UPDATE experiments SET created_at = '2024-10-30T10:15:00Z' WHERE id = $1", ids["Alpha poem"])
+        "UPDATE experiments SET created_at = '2024-10-30T10:15:00Z' WHERE id = $1", made["Alpha poem"])
 
     async def names(**kw):
         r = await stub.ListExperiments(pb.ListExperimentsRequest(**kw))
@@ -109,7 +179,7 @@ async def test_list_filters_sort_and_pagination(stub, experiments_app):
     assert (meta2.page, meta2.has_next, meta2.has_previous) == (2, False, True)
     assert (await names(page=5))[0] == []
 
-    await stub.BulkExperiments(pb.BulkExperimentsRequest(action="archive", experiment_ids=[ids["Beta story"]]))
+    await stub.BulkExperiments(pb.BulkExperimentsRequest(action="archive", experiment_ids=ids(made["Beta story"])))
     assert "Beta story" not in (await names())[0]
     assert "Beta story" in (await names(archived=True))[0]
 
@@ -123,7 +193,7 @@ async def test_history_timeline_and_favorites(stub, experiments_app):
         """INSERT INTO responses (experiment_id, content, overall_quality, cost, response_time_ms, token_count)
            VALUES ($1, 'x', 90.0, 0.01, 1500, 10), ($1, 'y', 80.0, 0.02, 1700, 12), ($2, 'z', 70.0, 0.5, 100, 3)""",
         b.id, a.id)
-    await stub.BulkExperiments(pb.BulkExperimentsRequest(action="favorite", experiment_ids=[b.id, c.id]))
+    await stub.BulkExperiments(pb.BulkExperimentsRequest(action="favorite", experiment_ids=ids(b.id, c.id)))
 
     r = await stub.GetExperimentHistory(pb.GetExperimentHistoryRequest(view_mode="timeline"))
     data = as_json(r.data)
@@ -149,23 +219,92 @@ async def test_history_timeline_and_favorites(stub, experiments_app):
     assert [r.content for r in full.responses] == ["x", "y"] and full.responses[0].response_time == 1500
 
 
-async def test_bulk_actions_are_atomic_and_report_missing(stub):
+async def test_bulk_actions_are_all_or_nothing(stub):
     a = await create(stub, name="A", tags=["keep", "drop"])
     b = await create(stub, name="B")
-    r = (await stub.BulkExperiments(pb.BulkExperimentsRequest(
-        action="tag", experiment_ids=[a.id, b.id, 999999],
-        params=pb.BulkParams(tags=["new", "keep"], remove_tags=["drop"]),
-    ))).data
-    assert list(r.affected_ids) == [a.id, b.id] and r.affected_count == 2 and list(r.not_found_ids) == [999999]
-    tags = {e.id: list(e.tags) for e in (await stub.ListExperiments(pb.ListExperimentsRequest())).data.experiments}
-    assert tags == {a.id: ["keep", "new"], b.id: ["new", "keep"]}
 
-    r = (await stub.BulkExperiments(pb.BulkExperimentsRequest(action="delete", experiment_ids=[a.id]))).data
-    assert r.affected_count == 1
-    remaining = (await stub.ListExperiments(pb.ListExperimentsRequest())).data.experiments
-    assert [e.id for e in remaining] == [b.id]
+    async def stored() -> dict:
+        return {e.id: (list(e.tags), e.favorited)
+                for e in (await stub.ListExperiments(pb.ListExperimentsRequest())).data.experiments}
 
+    before = await stored()
+    # An unknown id: 404 listing it, and the known ones are not changed either.
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.BulkExperiments(pb.BulkExperimentsRequest(action="shred", experiment_ids=[b.id]))
-    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert len((await stub.ListExperiments(pb.ListExperimentsRequest())).data.experiments) == 1
+        await stub.BulkExperiments(pb.BulkExperimentsRequest(
+            action="tag", experiment_ids=ids(a.id, b.id, 999999, 999998),
+            params=params(tags=["new", "keep"], remove_tags=["drop"])))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert violation(err.value) == {"not_found_ids": [999998.0, 999999.0]}
+    assert "999998, 999999" in err.value.details()
+    # A null, a string, a bad parameter: 400 naming it, nothing changed.
+    for request, field in [
+        (pb.BulkExperimentsRequest(action="delete", experiment_ids=ids(a.id, None)), "experiment_ids[1]"),
+        (pb.BulkExperimentsRequest(action="favorite", experiment_ids=ids(a.id, str(b.id))), "experiment_ids[1]"),
+        (pb.BulkExperimentsRequest(action="favorite", experiment_ids=ids(a.id), params=params(favourite=True)),
+         "params.favourite"),
+        (pb.BulkExperimentsRequest(action="favorite", experiment_ids=ids(a.id), params=params(favorited="yes")),
+         "params.favorited"),
+        (pb.BulkExperimentsRequest(action="shred", experiment_ids=ids(b.id)), "action"),
+        (pb.BulkExperimentsRequest(action="archive"), "experiment_ids"),
+    ]:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.BulkExperiments(request)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and violation(err.value)["field"] == field
+    assert await stored() == before
+
+    r = (await stub.BulkExperiments(pb.BulkExperimentsRequest(
+        action="tag", experiment_ids=ids(a.id, b.id), params=params(tags=["new", "keep"], remove_tags=["drop"]),
+    ))).data
+    assert list(r.affected_ids) == [a.id, b.id] and r.affected_count == 2 and list(r.not_found_ids) == []
+    assert {i: t for i, (t, _) in (await stored()).items()} == {a.id: ["keep", "new"], b.id: ["new", "keep"]}
+
+    r = (await stub.BulkExperiments(pb.BulkExperimentsRequest(action="delete", experiment_ids=ids(a.id)))).data
+    assert r.affected_count == 1
+    assert list(await stored()) == [b.id]
+
+
+async def test_model_must_be_registered(stub):
+    made = await create(stub, model=" m2 ")
+    assert made.model == "m2"
+    for call in (stub.CreateExperiment(pb.CreateExperimentRequest(name="x", model="gpt-4", prompt="p")),
+                 stub.UpdateExperiment(pb.UpdateExperimentRequest(id=made.id, name="changed", model="gpt-4"))):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert violation(err.value) == {"field": "model", "value": "gpt-4",
+                                        "constraint": "must be a registered model id (GET /api/models lists them)"}
+    after = (await stub.GetExperiment(pb.GetExperimentRequest(id=made.id))).data.experiment
+    assert (after.name, after.model, after.updated_at) == (made.name, "m2", made.updated_at)
+    listed = (await stub.ListExperiments(pb.ListExperimentsRequest())).data.experiments
+    assert [e.id for e in listed] == [made.id]  # the refused create stored nothing
+
+
+async def test_unreachable_registry_is_503_not_a_silent_accept(app_factory, monkeypatch):
+    from services.experiments.app import SPEC
+
+    monkeypatch.setenv("LLMLAB_INFERENCE_TARGET", f"127.0.0.1:{free_port()}")  # nothing listens there
+    app = await app_factory(SPEC)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = pb_grpc.ExperimentServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await create(stub)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "model registry" in err.value.details() and "127.0.0.1" not in err.value.details()
+            # Writes that do not name a model do not need the registry.
+            assert (await stub.ListExperiments(pb.ListExperimentsRequest())).data.experiments == []
+    finally:
+        await app.stop()
+
+
+async def test_names_are_trimmed_visible_and_bounded(stub):
+    made = await create(stub, name="\u200b  Trimmed  \n", tags=[" t ", "t"])
+    assert made.name == "Trimmed" and list(made.tags) == ["t"]
+    for name in ("\u200b\u200c\u200d", "\u2060", " \t ", "x" * 256):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await create(stub, name=name)
+        assert violation(err.value)["field"] == "name"
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.UpdateExperiment(pb.UpdateExperimentRequest(id=made.id, name="n" * 70_000))
+    details = violation(err.value)
+    assert details["field"] == "name" and details["value"].endswith("(70000 characters)")

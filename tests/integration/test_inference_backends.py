@@ -34,9 +34,9 @@ from services.inference.backends import (
 )
 from services.inference.backends.triton import TritonBackend, TritonFailed
 from services.inference.backends.upstream import UpstreamBackend
+from services.inference.domain import GenerationEvent, SamplingParams
 from services.inference.importer import DEFAULT_MODEL, find_cached
-from services.inference.registry import ModelRecord
-from services.inference.types import GenerationEvent, SamplingParams
+from services.inference.models.registry import ModelRecord
 from tests.unit.inference_backends.triton_stub import FINAL, Request, load_model_module, model_config_json
 
 pytestmark = pytest.mark.integration

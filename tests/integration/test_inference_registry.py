@@ -12,8 +12,8 @@ import pytest
 
 from llmlab.runtime import AlreadyExists, InvalidArgument
 from llmlab.runtime.db import create_pool, load_migrations, migrate
-from services.inference.importer import Manifest
-from services.inference.registry import ModelFilter, ModelNotFound, ModelRegistry, NewModel, encode_cursor
+from services.inference.artifacts import Manifest
+from services.inference.models.registry import ModelFilter, ModelNotFound, ModelRegistry, NewModel, encode_cursor
 
 pytestmark = pytest.mark.integration
 
@@ -235,3 +235,46 @@ async def test_backend_config_is_stored_as_given_without_secrets(registry, datab
     finally:
         await conn.close()
     assert json.loads(raw) == {"base_url": "https://api.example.com/v1", "api_key_env": "EXAMPLE_KEY", "model": "gpt-x"}
+
+
+async def test_model_lookups_are_cached_and_dropped_on_change(registry, database_url, schema, monkeypatch):
+    """One SELECT per model per RECORD_TTL_S; a write through this replica's registry is seen at once (and a
+    remote backend is rebuilt from the new row), a write through another replica's within the TTL."""
+    from services.inference.models.manager import RECORD_TTL_S, ModelManager
+    from services.inference.settings import InferenceSettings
+
+    settings = InferenceSettings(load_on_start=False)
+    here = ModelManager(registry, settings)
+    created = await registry.create(NewModel(
+        id="cached-upstream", name="Cached", provider="openai-compatible", backend="openai",
+        backend_config={"base_url": "http://127.0.0.1:9/v1"}))
+    selects = 0
+    real_get = registry.get
+
+    async def counting_get(key):
+        nonlocal selects
+        selects += 1
+        return await real_get(key)
+
+    monkeypatch.setattr(registry, "get", counting_get)
+    record, backend = await here.resolve("cached-upstream")
+    assert (await here.resolve(created.uuid))[0] == record and (await here.record("cached-upstream")) == record
+    assert selects == 1
+
+    updated = await registry.update("cached-upstream", {"backend_config": {"base_url": "http://127.0.0.1:8/v1"}})
+    record2, backend2 = await here.resolve("cached-upstream")
+    assert record2 == updated and backend2 is not backend and backend2.base_url == "http://127.0.0.1:8/v1"
+
+    pool = await create_pool(database_url, schema, min_size=1, max_size=2, app_name="test-inference-replica")
+    try:
+        there = ModelManager(ModelRegistry(pool), settings)
+        assert (await there.record("cached-upstream")) == updated
+        await there.registry.update("cached-upstream", {"name": "Renamed elsewhere"})
+        assert (await there.record("cached-upstream")).name == "Renamed elsewhere"  # its own write: at once
+        assert (await here.record("cached-upstream")).name == "Cached"  # the other replica's: cached until the TTL
+        await asyncio.sleep(RECORD_TTL_S + 0.1)
+        assert (await here.record("cached-upstream")).name == "Renamed elsewhere"
+        await there.stop()
+    finally:
+        await pool.close()
+    await here.stop()

@@ -71,3 +71,9 @@ def test_file_names_are_checked(tmp_path):
     (tmp_path / "3_bad.sql").write_text("SELECT 3")
     with pytest.raises(MigrationError, match="NNNN_lower_snake"):
         load_migrations(tmp_path)
+
+
+def test_a_missing_folder_is_refused(tmp_path):
+    """A service that declares migrations has storage: a wrong folder must not pass for one without tables."""
+    with pytest.raises(MigrationError, match="does not exist"):
+        load_migrations(tmp_path / "migrations")

@@ -25,8 +25,8 @@ from llmlab.runtime import load_settings
 from llmlab.runtime.server import ServiceApp
 from llmlab.runtime.streams import stream_key
 from services.inference.app import SPEC
-from services.inference.importer import find_cached
-from services.inference.model_servicer import lab_text
+from services.inference.artifacts import find_cached
+from services.inference.models.lab_servicer import lab_text
 from services.inference.settings import InferenceSettings
 from tests.conftest import delete_keys, drop_schemas
 

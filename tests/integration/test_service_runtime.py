@@ -98,3 +98,60 @@ async def test_graceful_stop_drains_in_flight_requests(app_factory, database_url
     with pytest.raises(grpc.aio.AioRpcError):
         await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
     await channel.close()
+
+
+async def _schema_exists(database_url: str, schema: str) -> bool:
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        return bool(await conn.fetchval("SELECT count(*) FROM pg_namespace WHERE nspname = $1", schema))
+    finally:
+        await conn.close()
+
+
+async def test_a_service_without_storage_opens_no_pool_and_creates_no_schema(app_factory, database_url, schema):
+    """metrics declares no migrations (no storage yet): no schema, no pool, no Redis client; it still serves."""
+    from llmlab.metrics.v1 import evaluation_service_pb2, evaluation_service_pb2_grpc
+    from services.metrics.app import SPEC
+
+    app = await app_factory(SPEC)
+    try:
+        assert app.db is None and app.redis is None
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            info = await service_info_pb2_grpc.ServiceInfoServiceStub(channel).GetServiceInfo(
+                service_info_pb2.GetServiceInfoRequest()
+            )
+            assert dict(info.dependencies) == {} and info.db_connections_active == -1
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await evaluation_service_pb2_grpc.EvaluationServiceStub(channel).ListEvaluations(
+                    evaluation_service_pb2.ListEvaluationsRequest()
+                )
+            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        await app.stop()
+    assert not await _schema_exists(database_url, schema)
+
+
+async def test_ops_checks_postgres_live_without_a_pool(database_url, redis_url, schema, redis_prefix):
+    """analytics keeps no pool; its ops answers still check Postgres, with a connection made for the check."""
+    from llmlab.analytics.v1 import ops_service_pb2, ops_service_pb2_grpc
+    from services.analytics.app import SPEC
+
+    from .conftest import start_app
+
+    for url, expected in ((database_url, "healthy"), ("postgresql://postgres@127.0.0.1:1/test", "unhealthy")):
+        app = await start_app(SPEC, url, redis_url, schema, redis_prefix)
+        try:
+            assert app.db is None and app.redis is not None
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+                body = await ops_service_pb2_grpc.OpsServiceStub(channel).GetDetailedHealth(
+                    ops_service_pb2.GetDetailedHealthRequest()
+                )
+            assert body.dependencies["postgres"].status == expected
+            assert body.dependencies["redis"].status == "healthy"
+        finally:
+            await app.stop()
+    assert not await _schema_exists(database_url, schema)

@@ -41,3 +41,32 @@ def test_not_found_without_details_has_only_error_info():
     parts = _unpack(NotFound("Experiment with ID 9 not found", metadata={"experiment_id": 9}).to_status())
     assert set(parts) == {"ErrorInfo"}
     assert parts["ErrorInfo"].metadata["experiment_id"] == "9"
+
+
+def test_a_huge_value_is_quoted_as_a_short_excerpt_with_its_length():
+    err = validation_error("name", "a" * 900_000, "must be between 1 and 255 characters")
+    (key, raw), = err.trailing_metadata()
+    assert key == "grpc-status-details-bin" and len(raw) < 1024
+    value = dict(_unpack(status_pb2.Status.FromString(raw))["Struct"])["value"]
+    assert value.startswith("a" * 64) and value.endswith("(900000 characters)") and len(value) < 100
+
+
+def test_every_part_of_an_error_is_bounded_whatever_the_caller_puts_in():
+    long = "x" * 100_000
+    err = NotFound(long, reason=long, metadata={long: long}, details={"items": [long] * 1000, long: {"a": long}},
+                   field_violations=[(long, long)] * 500)
+    assert len(err.message) < 400
+    raw = err.trailing_metadata()[0][1]
+    assert len(raw) <= 4096
+    st = status_pb2.Status.FromString(raw)
+    assert _unpack(st)["ErrorInfo"].reason.endswith("(100000 characters)")
+
+
+def test_bounded_keeps_short_values_and_cuts_long_lists():
+    from llmlab.runtime.errors import bounded, excerpt
+
+    assert excerpt("short") == "short"
+    assert bounded({"a": [1, 2.5, None, True, "s"]}) == {"a": [1, 2.5, None, True, "s"]}
+    cut = bounded(list(range(50)))
+    assert cut[:20] == list(range(20)) and cut[20] == "… 30 more" and len(cut) == 21
+    assert bounded([[[[["deep"]]]]]) == [[[["…"]]]]

@@ -109,14 +109,97 @@ def test_bare_date_upper_bound_covers_the_whole_day():
 
 
 def test_bulk_actions():
-    fav = domain.bulk_action("favorite", [3, 1, 3], favorited=None, archived=None, tags=[], remove_tags=[])
+    fav = domain.bulk_action("favorite", [3, 1, 3], None)
     assert fav.ids == [3, 1] and fav.favorited is True
     # params.favorited overrides what the action implies (seed 000 §7.2 sends both).
-    none = {"archived": None, "tags": [], "remove_tags": []}
-    assert domain.bulk_action("favorite", [1], favorited=False, **none).favorited is False
-    assert domain.bulk_action("unarchive", [1], **{**none, "favorited": None}).archived is False
-    tag = domain.bulk_action("tag", [1], favorited=None, archived=None, tags=["x"], remove_tags=["y"])
+    assert domain.bulk_action("favorite", [1], {"favorited": False}).favorited is False
+    assert domain.bulk_action("unarchive", [1], {}).archived is False
+    # Ids arrive as JSON numbers (floats once they are google.protobuf.Values).
+    assert domain.bulk_action("delete", [1.0, 2.0], None).ids == [1, 2]
+    tag = domain.bulk_action("tag", [1], {"tags": ["x"], "remove_tags": ["y"]})
     assert (tag.add_tags, tag.remove_tags) == (["x"], ["y"])
-    for action, ids, tags in [("explode", [1], []), ("delete", [], []), ("delete", [0], []), ("tag", [1], [])]:
+    for action, ids, params in [("explode", [1], None), ("delete", [], None), ("delete", [0], None),
+                                ("tag", [1], None), ("tag", [1], {"tags": []})]:
         with pytest.raises(InvalidArgument):
-            domain.bulk_action(action, ids, favorited=None, archived=None, tags=tags, remove_tags=[])
+            domain.bulk_action(action, ids, params)
+
+
+@pytest.mark.parametrize(
+    ("ids", "field", "value"),
+    [
+        ([5, None], "experiment_ids[1]", None),  # null: the whole request is refused, not the null skipped
+        ([5, "7"], "experiment_ids[1]", "7"),
+        ([5, 1.5], "experiment_ids[1]", 1.5),
+        ([True], "experiment_ids[0]", True),
+        ([5, 0], "experiment_ids[1]", 0),
+        ([-3], "experiment_ids[0]", -3),
+        ([2**31], "experiment_ids[0]", 2**31),
+        ([5, [6]], "experiment_ids[1]", "a list"),
+        (None, "experiment_ids", None),
+        ([], "experiment_ids", 0),
+        (list(range(1, domain.MAX_BULK_IDS + 2)), "experiment_ids", domain.MAX_BULK_IDS + 1),
+    ],
+)
+def test_every_bulk_id_is_checked(ids, field, value):
+    with pytest.raises(InvalidArgument) as err:
+        domain.bulk_action("delete", ids, None)
+    assert _details(err.value)["field"] == field and _details(err.value)["value"] == value
+
+
+@pytest.mark.parametrize(
+    ("action", "params", "field", "constraint"),
+    [
+        ("favorite", {"favourite": True}, "params.favourite",
+         "is not a parameter of the favorite action; it takes favorited"),
+        ("favorite", {"favorited": "yes"}, "params.favorited", "must be true or false"),
+        ("archive", {"archived": None}, "params.archived", "must be true or false"),
+        ("archive", {"favorited": True}, "params.favorited",
+         "is not a parameter of the archive action; it takes archived"),
+        ("delete", {"force": True}, "params.force", "is not a parameter of the delete action; it takes no parameters"),
+        ("tag", {"tags": "x"}, "params.tags", "must be a list of tags"),
+        ("tag", {"tags": ["ok", None]}, "params.tags", "must be a string"),
+        ("tag", {"tags": ["\u200b"]}, "params.tags",
+         "must contain a visible character (not only spaces, zero-width or control characters)"),
+        ("tag", {"remove_tags": ["x" * 65]}, "params.remove_tags", "must be at most 64 characters"),
+        ("favorite", ["favorited"], "params", "must be an object"),
+    ],
+)
+def test_bulk_params_are_checked_not_ignored(action, params, field, constraint):
+    with pytest.raises(InvalidArgument) as err:
+        domain.bulk_action(action, [1], params)
+    assert _details(err.value)["field"] == field and _details(err.value)["constraint"] == constraint
+
+
+def test_long_values_are_never_quoted_whole():
+    for call in (lambda: domain.bulk_action("a" * 60_000, [1], None),
+                 lambda: domain.bulk_action("tag", [1], {"tags": ["t" * 60_000]}),
+                 lambda: domain.bulk_action("favorite", [1], {"k" * 60_000: True}),
+                 lambda: _new(name="n" * 60_000),
+                 lambda: _new(model="m" * 60_000),
+                 lambda: _new(prompt=" " * 300_000),
+                 lambda: domain.list_query(page=None, limit=None, sort_by="s" * 60_000)):
+        with pytest.raises(InvalidArgument) as err:
+            call()
+        assert len(repr(err.value.details)) < 300 and len(err.value.message) < 300
+
+
+@pytest.mark.parametrize(
+    "over",
+    [{"name": "\u200b\u200b\u200b"}, {"name": "\u2060\ufeff "}, {"name": "\x00\x01"},
+     {"model": "\u200b"}, {"tags": ["ok", "\u200d"]}],
+)
+def test_names_of_invisible_characters_are_refused(over):
+    with pytest.raises(InvalidArgument) as err:
+        _new(**over)
+    assert _details(err.value)["field"] == next(iter(over))
+    assert "visible character" in _details(err.value)["constraint"]
+
+
+def test_patch_trims_and_bounds_like_create():
+    patch = domain.ExperimentPatch(name="  Renamed\u200b", model=" smollm2-135m-instruct ", tags=[" a "]).validate()
+    assert (patch.name, patch.model, patch.tags) == ("Renamed", "smollm2-135m-instruct", ["a"])
+    for bad in ({"name": "\u200b"}, {"description": "d" * (domain.MAX_DESCRIPTION_CHARS + 1)},
+                {"model": "x" * (domain.MAX_MODEL_CHARS + 1)}, {"tags": [str(i) for i in range(domain.MAX_TAGS + 1)]}):
+        with pytest.raises(InvalidArgument) as err:
+            domain.ExperimentPatch(**bad).validate()
+        assert _details(err.value)["field"] == next(iter(bad))

@@ -172,7 +172,8 @@ class DocumentBuilder:
         method = self.methods[binding.rpc]
         path, params, bound = self._path_params(binding, method.input_type)
         if binding.body != "*":
-            self._query_params(method.input_type, "", 0, query := [])
+            query: list[dict] = []
+            self._query_params(method.input_type, "", 0, query)
             params += [p for p in query if p["name"].split(".")[0] not in bound | {binding.body}]
         comment = self.reg.method_comments.get(binding.rpc, "")
         fam = family(path)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import functools
 import importlib.resources
 
+import swagger_ui  # only its files (static/) are used: its web-framework handlers are not
+
 ASSETS = {
     "swagger-ui-bundle.js": "application/javascript; charset=utf-8",
     "swagger-ui.css": "text/css; charset=utf-8",
@@ -44,4 +46,4 @@ def asset(name: str) -> tuple[str, bytes] | None:
     """(content type, bytes) of one of the page's files, or None for any other name."""
     if name not in ASSETS:
         return None
-    return ASSETS[name], (importlib.resources.files("swagger_ui") / "static" / name).read_bytes()
+    return ASSETS[name], (importlib.resources.files(swagger_ui) / "static" / name).read_bytes()

@@ -32,6 +32,9 @@ class Migration:
 
 def load_migrations(directory: pathlib.Path) -> list[Migration]:
     """`NNNN_name.sql` files in version order; gaps are allowed, duplicates and stray files are not."""
+    if not directory.is_dir():
+        # A service declares a migrations folder only when it has storage; a wrong path must not pass as "no tables".
+        raise MigrationError(f"migrations folder {directory} does not exist")
     migrations: dict[int, Migration] = {}
     for path in sorted(directory.glob("*.sql")):
         m = _MIGRATION_NAME.match(path.name)
@@ -99,6 +102,15 @@ async def create_pool(dsn: str, schema: str, *, min_size: int, max_size: int, ap
         server_settings={"search_path": f"{schema},public", "application_name": app_name},
         command_timeout=30,
     )
+
+
+async def ping(dsn: str) -> None:
+    """A live check of the database for a service that keeps no pool: one connection, `SELECT 1`, closed."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.fetchval("SELECT 1")
+    finally:
+        await conn.close()
 
 
 def pool_in_use(pool: asyncpg.Pool) -> int:

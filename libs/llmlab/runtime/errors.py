@@ -11,6 +11,16 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 DOMAIN = "llmlab"
 
+# Bounds on what an error may quote of its input. Errors travel as gRPC trailers (grpc-message and
+# grpc-status-details-bin), which Envoy caps with the rest of the response headers: a trailer past the cap (seen:
+# a 60k-character `name` quoted whole) reset the upstream HTTP/2 connection and failed unrelated requests that
+# shared it. So every error is bounded here, once, whatever a caller puts into it.
+EXCERPT_CHARS = 64  # one quoted value: enough to recognise it
+MESSAGE_CHARS = 300  # a message, a constraint, a metadata value
+MAX_ITEMS = 20  # members of a list or object quoted in details
+MAX_DEPTH = 4
+MAX_STATUS_BYTES = 4096  # the serialized google.rpc.Status; past it the details are dropped, the message kept
+
 # gRPC code -> HTTP status, as Envoy's convert_grpc_status maps them (used for metrics labels).
 HTTP_STATUS = {
     grpc.StatusCode.OK: 200,
@@ -33,6 +43,42 @@ HTTP_STATUS = {
 }
 
 
+def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """``text`` itself when short, else its start and its length: "aaaa… (60000 characters)".
+
+    Text at most a suffix longer than ``limit`` is kept whole, so an excerpt (or a caller's own short rendering,
+    such as code points) is never cut again.
+    """
+    if len(text) <= limit + 32:
+        return text
+    return f"{text[:limit]}… ({len(text)} characters)"
+
+
+def bounded(value: Any, limit: int = EXCERPT_CHARS, depth: int = 0) -> Any:
+    """A JSON-like value cut down for quoting in an error: strings of at most ``limit`` characters, few items,
+    shallow nesting."""
+    if isinstance(value, str):
+        return excerpt(value, limit)
+    if isinstance(value, bool | int | float) or value is None:
+        return value
+    if depth >= MAX_DEPTH:
+        return "…"
+    if isinstance(value, Mapping):
+        items = list(value.items())
+        out = {excerpt(str(k)): bounded(v, limit, depth + 1) for k, v in items[:MAX_ITEMS]}
+        if len(items) > MAX_ITEMS:
+            out["…"] = f"{len(items) - MAX_ITEMS} more"
+        return out
+    if isinstance(value, list | tuple):
+        out_list = [bounded(v, limit, depth + 1) for v in value[:MAX_ITEMS]]
+        if len(value) > MAX_ITEMS:
+            out_list.append(f"… {len(value) - MAX_ITEMS} more")
+        return out_list
+    if isinstance(value, bytes):
+        return f"({len(value)} bytes)"
+    return excerpt(str(value), limit)
+
+
 class DomainError(Exception):
     """An expected failure with a client-safe message. Subclasses fix the gRPC code and default reason."""
 
@@ -50,13 +96,17 @@ class DomainError(Exception):
         field_violations: Iterable[tuple[str, str]] = (),
         http_status: int | None = None,
     ) -> None:
+        message = excerpt(message, MESSAGE_CHARS)
         super().__init__(message)
         self.message = message
         # An explicit empty reason is kept: some families render a missing code as null (OpenAI's `code`).
-        self.reason = self.default_reason if reason is None else reason
-        self.details = dict(details) if details is not None else None
-        self.metadata = {k: str(v) for k, v in (metadata or {}).items()}
-        self.field_violations = list(field_violations)
+        self.reason = self.default_reason if reason is None else excerpt(reason)
+        # Our own wording (a constraint) may be a sentence; a quoted input value is cut shorter where it is quoted.
+        self.details = bounded(dict(details), MESSAGE_CHARS) if details is not None else None
+        meta_items = list((metadata or {}).items())[:MAX_ITEMS]
+        self.metadata = {excerpt(k): excerpt(str(v), MESSAGE_CHARS) for k, v in meta_items}
+        self.field_violations = [(excerpt(f, MESSAGE_CHARS), excerpt(d, MESSAGE_CHARS))
+                                 for f, d in list(field_violations)[:MAX_ITEMS]]
         self.http_status = http_status or self.default_http_status
 
     @property
@@ -87,7 +137,13 @@ class DomainError(Exception):
         return st
 
     def trailing_metadata(self) -> tuple[tuple[str, bytes], ...]:
-        return (("grpc-status-details-bin", self.to_status().SerializeToString()),)
+        raw = self.to_status().SerializeToString()
+        if len(raw) > MAX_STATUS_BYTES:  # many long field names: keep the reason, drop the rest
+            st = status_pb2.Status(code=getattr(code_pb2, self.grpc_code.name), message=self.message)
+            meta = {"http_status": str(self.http_status)} if self.http_status else {}
+            st.details.add().Pack(error_details_pb2.ErrorInfo(reason=self.reason, domain=DOMAIN, metadata=meta))
+            raw = st.SerializeToString()
+        return (("grpc-status-details-bin", raw),)
 
 
 class InvalidArgument(DomainError):
@@ -142,7 +198,7 @@ def validation_error(field: str, value: Any, constraint: str, message: str | Non
     """The seed 000 validation error: details {field, value, constraint} plus a BadRequest violation."""
     return InvalidArgument(
         message or "Validation failed",
-        details={"field": field, "value": value, "constraint": constraint},
+        details={"field": field, "value": bounded(value), "constraint": constraint},
         field_violations=[(field, constraint)],
     )
 

@@ -15,7 +15,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from . import tracing
+from . import intake, tracing
 from .context import (
     PERMISSIONS_HEADER,
     PRINCIPAL_HEADER,
@@ -69,8 +69,12 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or method.startswith(_UNOBSERVED):
             return handler
+        deserializer = handler.request_deserializer
+        if handler.unary_unary or handler.unary_stream:
+            # Bad bytes (invalid UTF-8) become a 400 in _observe instead of gRPC's own opaque failure.
+            deserializer = intake.tolerant(deserializer)
         kwargs = {
-            "request_deserializer": handler.request_deserializer,
+            "request_deserializer": deserializer,
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary:
@@ -84,6 +88,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
     def _unary(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
             async with self._observe(method, context):
+                intake.check(request)
                 result = behavior(request, context)
                 if inspect.isawaitable(result):
                     result = await result
@@ -94,6 +99,7 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
     def _streaming(self, behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             async with self._observe(method, context):
+                intake.check(request)
                 result = behavior(request, context)
                 if inspect.isasyncgen(result):
                     async for item in result:

@@ -68,8 +68,17 @@ class _Merged:
         return iter(self._families)
 
 
+def _public(sample: Sample) -> bool:
+    # RPCs without a REST route are labelled with their gRPC method path (interceptors.py): internal names.
+    return not sample.labels.get("path", "").startswith("/llmlab.")
+
+
 def merge_expositions(texts: dict[str, str]) -> str:
-    """Merge several services' Prometheus texts into one valid exposition, adding a `service` label."""
+    """Merge several services' Prometheus texts into one valid exposition, adding a `service` label.
+
+    This is the public `/metrics`: samples of internal RPCs (no REST route) are left out; each service's own
+    exposition (ServiceInfoService/ScrapeMetrics, for operators) keeps them.
+    """
     families: dict[str, Metric] = {}
     for service, text in sorted(texts.items()):
         for fam in text_string_to_metric_families(text):
@@ -77,7 +86,7 @@ def merge_expositions(texts: dict[str, str]) -> str:
             if merged is None:
                 merged = Metric(fam.name, fam.documentation, fam.type, fam.unit)
                 families[fam.name] = merged
-            for s in fam.samples:
+            for s in filter(_public, fam.samples):
                 merged.samples.append(
                     Sample(s.name, {"service": service, **s.labels}, s.value, s.timestamp, s.exemplar)
                 )

@@ -35,6 +35,8 @@ from .settings import VERSION, ServiceSettings, SettingsError, load_settings
 from .streams import EventPublisher
 from .tracing import make_tracer_provider, tracer_for
 
+METADATA_BYTES = 64 * 1024
+
 log = structlog.get_logger(__name__)
 
 
@@ -45,8 +47,9 @@ class ServiceSpec:
     name: str
     setup: Callable[[ServiceApp], Awaitable[None]]
     settings_cls: type[ServiceSettings] = ServiceSettings
+    # A service with storage declares its migrations folder: its schema is migrated at start and `app.db` is a pool
+    # on it. Without one the service creates no schema and opens no Postgres pool.
     migrations: pathlib.Path | None = None
-    uses_db: bool = True
     uses_redis: bool = True
 
 
@@ -168,13 +171,12 @@ class ServiceApp:
     # -- lifecycle ------------------------------------------------------------------------------------------
     async def start(self) -> int:
         s = self.settings
-        if self.spec.uses_db:
-            if self.spec.migrations is not None:
-                conn = await asyncpg.connect(s.database_url)
-                try:
-                    await db.migrate(conn, s.db_schema, db.load_migrations(self.spec.migrations))
-                finally:
-                    await conn.close()
+        if self.spec.migrations is not None:
+            conn = await asyncpg.connect(s.database_url)
+            try:
+                await db.migrate(conn, s.db_schema, db.load_migrations(self.spec.migrations))
+            finally:
+                await conn.close()
             self.db = await db.create_pool(
                 s.database_url, s.db_schema, min_size=s.db_pool_min, max_size=s.db_pool_max,
                 app_name=f"llmlab-{self.name}",
@@ -191,6 +193,11 @@ class ServiceApp:
                 ("grpc.max_receive_message_length", s.max_message_bytes),
                 ("grpc.max_send_message_length", s.max_message_bytes),
                 ("grpc.so_reuseport", 0),
+                # Above the gateway's own request-header cap (gateway/render.py, 16 KiB): whatever headers Envoy
+                # accepts, a service accepts too. gRPC's default (8 KiB soft, 16 KiB hard) refused a 16 KB header
+                # as RESOURCE_EXHAUSTED, which clients saw as a 429 naming every internal header.
+                ("grpc.max_metadata_size", METADATA_BYTES),
+                ("grpc.absolute_max_metadata_size", METADATA_BYTES),
             ],
         )
         await self.spec.setup(self)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..registry import ModelRecord
+from ..models.registry import ModelRecord
 from .base import (
     Backend,
     BackendError,

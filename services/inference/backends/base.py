@@ -10,8 +10,8 @@ import grpc
 
 from llmlab.runtime import DomainError, InvalidArgument, ResourceExhausted, Unavailable
 
-from ..registry import ModelNotFound, ModelRecord
-from ..types import GenerationEvent, SamplingParams
+from ..domain import GenerationEvent, SamplingParams
+from ..models.registry import ModelNotFound, ModelRecord
 
 __all__ = [
     "Backend",
@@ -20,6 +20,7 @@ __all__ = [
     "BackendStatus",
     "BackendTimeout",
     "BackendUnavailable",
+    "ModelLimits",
     "ModelNotFound",
     "UpstreamAuthFailed",
     "UpstreamRateLimited",
@@ -31,6 +32,11 @@ __all__ = [
 class BackendRequest:
     """One sequence to generate: either a raw `prompt` or OpenAI chat `messages` (list of dicts), never both.
 
+    `prompt_token_ids` is the prompt already tokenized by this backend's `tokenize` (the servicer counted it to
+    size max_tokens; the backend need not encode it again). `tools`, `tool_choice` and `response_format` are
+    OpenAI's JSON values, for backends with `native_chat` (the upstream applies them); a backend that renders
+    prompts itself gets them already written into the prompt by the servicer's plan.
+
     `n > 1` is fanned out by the caller, as for the engine (GenerationRequest)."""
 
     request_id: str
@@ -38,6 +44,10 @@ class BackendRequest:
     params: SamplingParams = field(default_factory=SamplingParams)
     prompt: str | None = None
     messages: list[dict[str, Any]] | None = None
+    prompt_token_ids: list[int] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if (self.prompt is None) == (self.messages is None):
@@ -59,6 +69,16 @@ class BackendStatus:
     latency_ms: float | None = None  # of the check, when it made a call
 
 
+@dataclass(frozen=True)
+class ModelLimits:
+    """What a backend's model holds: its context, the longest completion it writes, its vocabulary (None: unknown
+    here, the backend or its upstream enforces it)."""
+
+    context_length: int
+    max_output_tokens: int | None = None
+    vocab_size: int | None = None
+
+
 @runtime_checkable
 class Backend(Protocol):
     """A way to generate with one registered model.
@@ -68,6 +88,24 @@ class Backend(Protocol):
     as a BackendError (or ModelNotFound); a failure after text has been yielded ends the stream with an event
     whose finish_reason is "error" and `error` a client-safe message. Closing the generator early (client gone)
     cancels the work upstream."""
+
+    kind: str  # "onnx" | "triton" | "openai"
+    # True: chat goes to the backend as OpenAI `messages` with tools and response_format (an OpenAI-compatible
+    # upstream applies them). False: the servicer renders the prompt with `render_chat` (tools and JSON mode
+    # written into it by the plan) and sends `prompt`.
+    native_chat: bool
+
+    def limits(self) -> ModelLimits: ...
+
+    def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str: ...
+
+    def tokenize(self, text: str) -> list[int] | None:
+        """The prompt's token ids, or None when only the backend's server can count them."""
+        ...
+
+    def detokenize(self, token_ids: list[int]) -> str | None:
+        """The text of token ids, or None when this backend cannot say (then token-id prompts are refused)."""
+        ...
 
     def generate(self, request: BackendRequest) -> AsyncIterator[GenerationEvent]: ...
 

@@ -18,17 +18,25 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-import jinja2.sandbox
 import numpy as np
 from tritonclient.grpc import aio as triton_aio
 from tritonclient.utils import InferenceServerException
 
 from llmlab.runtime import InvalidArgument
 
-from ..importer import find_cached
-from ..registry import ModelRecord
-from ..types import GenerationEvent, SamplingParams, Usage
-from .base import BackendError, BackendRequest, BackendStatus, BackendTimeout, BackendUnavailable, ModelNotFound
+from ..artifacts import find_cached
+from ..domain import GenerationEvent, SamplingParams, Usage
+from ..engine.chat_template import CHATML_TEMPLATE, ChatTemplate, flatten_content
+from ..models.registry import ModelRecord
+from .base import (
+    BackendError,
+    BackendRequest,
+    BackendStatus,
+    BackendTimeout,
+    BackendUnavailable,
+    ModelLimits,
+    ModelNotFound,
+)
 
 # The inputs and outputs the client relies on; tests check deploy/triton's config.pbtxt against these.
 INPUTS: dict[str, str] = {
@@ -47,13 +55,6 @@ OUTPUTS: dict[str, str] = {
     "num_input_tokens": "UINT32",
     "num_output_tokens": "UINT32",
 }
-
-# ChatML, the template of SmolLM2 and most instruct models, for models registered without one.
-CHATML_TEMPLATE = (
-    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-
 
 class TritonFailed(BackendError):
     """Triton or its model failed the request with an error of its own."""
@@ -84,16 +85,6 @@ def sampling_parameters(p: SamplingParams) -> dict[str, Any]:
     return out
 
 
-def _flatten_content(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # OpenAI content parts: the text ones
-        return "".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
-    return str(content)
-
-
 class TritonBackend:
     """One registered model served by a Triton model.
 
@@ -103,6 +94,7 @@ class TritonBackend:
     local model cache; else ChatML."""
 
     kind = "triton"
+    native_chat = False  # Triton takes text: the servicer renders chat with this model's template
 
     def __init__(self, model: ModelRecord) -> None:
         cfg = model.backend_config
@@ -112,7 +104,7 @@ class TritonBackend:
         self.model_version = str(cfg.get("model_version", ""))
         self.timeout_s = float(cfg.get("timeout_s", 300))
         self._template_source = self._find_template(model)
-        self._template: jinja2.Template | None = None
+        self._template: ChatTemplate | None = None
         self._client: triton_aio.InferenceServerClient | None = None
 
     @staticmethod
@@ -129,13 +121,21 @@ class TritonBackend:
                 return cached.file(cached.manifest.chat_template_file).read_text()
         return CHATML_TEMPLATE
 
-    def render_chat(self, messages: list[dict[str, Any]]) -> str:
-        """The prompt text of a chat (sandboxed Jinja: templates are registry data)."""
+    def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+        """The prompt text of a chat, through the engine's one template renderer."""
         if self._template is None:
-            env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=False, lstrip_blocks=False)
-            self._template = env.from_string(self._template_source)
-        flat = [{**m, "content": _flatten_content(m.get("content"))} for m in messages]
-        return self._template.render(messages=flat, add_generation_prompt=True)
+            self._template = ChatTemplate(self._template_source)
+        flat = [{**m, "content": flatten_content(m.get("content"))} for m in messages]
+        return self._template.render(flat, add_generation_prompt=add_generation_prompt)
+
+    def limits(self) -> ModelLimits:
+        return ModelLimits(context_length=self.model.context_window)
+
+    def tokenize(self, text: str) -> None:
+        return None  # the Triton model counts the prompt and refuses what does not fit
+
+    def detokenize(self, token_ids: list[int]) -> None:
+        return None
 
     def _get_client(self) -> triton_aio.InferenceServerClient:
         if self._client is None:

@@ -11,14 +11,16 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from ..registry import ModelRecord
-from ..types import GenerationEvent, SamplingParams, TokenLogprob, TopLogprob, Usage
+from ..domain import GenerationEvent, SamplingParams, TokenLogprob, TopLogprob, Usage
+from ..models.registry import ModelRecord
+from ..openai.tools import TOOL_CALL_CLOSE, TOOL_CALL_OPEN
 from .base import (
     BackendError,
     BackendRequest,
     BackendStatus,
     BackendTimeout,
     BackendUnavailable,
+    ModelLimits,
     ModelNotFound,
     UpstreamAuthFailed,
     UpstreamRateLimited,
@@ -37,6 +39,7 @@ class UpstreamBackend:
     `connect_timeout_s` (default 10)."""
 
     kind = "openai"
+    native_chat = True  # the upstream applies its own template, tools and response_format
 
     def __init__(
         self,
@@ -71,6 +74,18 @@ class UpstreamBackend:
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
+    def limits(self) -> ModelLimits:
+        return ModelLimits(context_length=self.model.context_window)
+
+    def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+        raise TypeError("an OpenAI-compatible upstream renders chat itself (native_chat)")
+
+    def tokenize(self, text: str) -> None:
+        return None  # the upstream counts the prompt and reports it in `usage`
+
+    def detokenize(self, token_ids: list[int]) -> None:
+        return None
+
     def request_body(self, request: BackendRequest) -> dict[str, Any]:
         """The OpenAI request for one streamed sequence; non-OpenAI knobs only when set (vLLM-style extras)."""
         p: SamplingParams = request.params
@@ -84,6 +99,12 @@ class UpstreamBackend:
         }
         if request.is_chat:
             body["messages"] = request.messages
+            if request.tools:
+                body["tools"] = request.tools
+            if request.tool_choice is not None:
+                body["tool_choice"] = request.tool_choice
+            if request.response_format is not None:
+                body["response_format"] = request.response_format
         else:
             body["prompt"] = request.prompt
         if p.frequency_penalty:
@@ -120,6 +141,7 @@ class UpstreamBackend:
         emitted = False
         finish: str | None = None
         usage: Usage | None = None
+        calls = ToolCallAccumulator()
         done = False
         try:
             async with self._client.stream("POST", path, json=body, headers=headers) as resp:
@@ -139,7 +161,8 @@ class UpstreamBackend:
                         if choice.get("index", 0) != 0:
                             continue
                         text = _choice_text(choice, request.is_chat)
-                        logprobs = _choice_logprobs(choice.get("logprobs"), request.is_chat)
+                        calls.feed((choice.get("delta") or {}).get("tool_calls") if request.is_chat else None)
+                        logprobs = choice_logprobs(choice.get("logprobs"), request.is_chat)
                         if choice.get("finish_reason"):
                             finish = choice["finish_reason"]
                         if text or logprobs:
@@ -172,6 +195,11 @@ class UpstreamBackend:
                 raise BackendUnavailable(msg)
             yield _error_event(msg, t0, ttft)
             return
+        if calls:
+            emitted = True
+            if ttft is None:
+                ttft = (time.perf_counter() - t0) * 1000
+            yield GenerationEvent(text=calls.as_text())
         yield GenerationEvent(
             finish_reason=finish or "stop",
             usage=usage,
@@ -243,6 +271,38 @@ async def _sse_data(resp: httpx.Response) -> AsyncIterator[str]:
         yield "\n".join(lines)
 
 
+class ToolCallAccumulator:
+    """The upstream's streamed `delta.tool_calls` fragments, joined per call index.
+
+    They reach the servicer as the `<tool_call>` block our plan's output processor parses (openai/tools.py), so
+    local and upstream models have one path from generated output to the client's `tool_calls`."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, dict[str, str]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._calls)
+
+    def feed(self, fragments: Any) -> None:
+        for frag in fragments or []:
+            if not isinstance(frag, dict):
+                continue
+            call = self._calls.setdefault(int(frag.get("index", len(self._calls))), {"name": "", "arguments": ""})
+            fn = frag.get("function") or {}
+            call["name"] += str(fn.get("name") or "")
+            call["arguments"] += str(fn.get("arguments") or "")
+
+    def as_text(self) -> str:
+        calls = []
+        for _, call in sorted(self._calls.items()):
+            try:
+                arguments: Any = json.loads(call["arguments"] or "{}")
+            except json.JSONDecodeError:
+                arguments = call["arguments"]
+            calls.append({"name": call["name"], "arguments": arguments})
+        return f"{TOOL_CALL_OPEN}{json.dumps(calls)}{TOOL_CALL_CLOSE}"
+
+
 def _json(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
@@ -263,7 +323,7 @@ def _token_bytes(token: str, given: Any) -> list[int]:
     return list(given) if isinstance(given, list) else list(token.encode())
 
 
-def _choice_logprobs(lp: Any, chat: bool) -> list[TokenLogprob]:
+def choice_logprobs(lp: Any, chat: bool) -> list[TokenLogprob]:
     if not isinstance(lp, dict):
         return []
     out: list[TokenLogprob] = []

@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..types import GenerationEvent, GenerationRequest, SamplingParams, TokenLogprob, TopLogprob, Usage
+from llmlab.sampling import BOUNDS, violation
+
+from ..domain import GenerationEvent, GenerationRequest, SamplingParams, TokenLogprob, TopLogprob, Usage
 from .artifact import ModelArtifact, load_artifact
 from .errors import ContextLengthExceeded, EngineOverloaded, EngineStopped, InvalidRequest
 from .runner import ModelRunner
@@ -33,7 +35,6 @@ from .tokenizer import IncrementalDetokenizer, ModelTokenizer, StopMatcher
 
 log = logging.getLogger(__name__)
 
-_MAX_TOP_LOGPROBS = 20
 _RATE_WINDOW_S = 10.0
 _RATE_SAMPLE_S = 0.25
 
@@ -92,7 +93,7 @@ class _Sequence:
 
 
 @dataclass
-class _Plan:
+class _Step:
     kind: str  # "prefill", "chunk", "decode" or "reap"
     admitted: list[_Sequence] = field(default_factory=list)
 
@@ -129,7 +130,7 @@ class _BatchCore:
 
     # -- planning (event loop) ---------------------------------------------------------------------------------------
 
-    def plan(self, waiting: collections.deque[_Sequence]) -> _Plan | None:
+    def plan(self, waiting: collections.deque[_Sequence]) -> _Step | None:
         """Choose the next step and take the requests it admits off `waiting`; None when there is nothing to do."""
         for seq in [s for s in waiting if s.cancelled]:
             waiting.remove(seq)
@@ -162,7 +163,7 @@ class _BatchCore:
         if self.decoding:
             options["decode"] = []
         if not options:
-            return _Plan("reap") if reap else None
+            return _Step("reap") if reap else None
         order = ("prefill", "chunk", "decode")
         for i in range(len(order)):
             kind = order[(self._turn + i) % len(order)]
@@ -170,14 +171,14 @@ class _BatchCore:
                 self._turn = (order.index(kind) + 1) % len(order)
                 for seq in options[kind]:
                     waiting.remove(seq)
-                return _Plan(kind, options[kind])
+                return _Step(kind, options[kind])
         return None
 
     # -- steps (worker thread) ---------------------------------------------------------------------------------------
 
     def execute(
         self,
-        plan: _Plan,
+        plan: _Step,
         emit: Callable[[list[tuple[_Sequence, GenerationEvent]]], None],
         interrupted: Callable[[int], bool],
     ) -> list[tuple[_Sequence, GenerationEvent]]:
@@ -706,20 +707,11 @@ def _dispatch(events: list[tuple[_Sequence, GenerationEvent]]) -> None:
 
 
 def _check_params(p: SamplingParams) -> None:
-    if p.max_tokens < 1:
-        raise InvalidRequest("max_tokens must be at least 1")
-    if not p.temperature >= 0.0:
-        raise InvalidRequest("temperature must be >= 0")
-    if not 0.0 < p.top_p <= 1.0:
-        raise InvalidRequest("top_p must be in (0, 1]")
-    if p.top_k < 0:
-        raise InvalidRequest("top_k must be >= 0")
-    if not -2.0 <= p.frequency_penalty <= 2.0 or not -2.0 <= p.presence_penalty <= 2.0:
-        raise InvalidRequest("frequency_penalty and presence_penalty must be in [-2, 2]")
-    if not p.repetition_penalty > 0.0:
-        raise InvalidRequest("repetition_penalty must be > 0")
-    if not 0 <= p.top_logprobs <= _MAX_TOP_LOGPROBS:
-        raise InvalidRequest(f"top_logprobs must be in [0, {_MAX_TOP_LOGPROBS}]")
+    """The shared sampling bounds (llmlab.sampling), as the engine's own refusal: it also serves callers that
+    have not validated (bench, tests), and a bad value here would corrupt a whole batch."""
+    for name in BOUNDS:
+        if hasattr(p, name) and (constraint := violation(name, getattr(p, name))) is not None:
+            raise InvalidRequest(f"{name} {constraint}")
     if any(not isinstance(s, str) for s in p.stop):
         raise InvalidRequest("stop sequences must be strings")
 

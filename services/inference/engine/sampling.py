@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..types import SamplingParams
+from ..domain import SamplingParams
 
 
 @dataclass

@@ -1,17 +1,15 @@
-"""The model's tokenizer: encode/decode with `tokenizers`, streaming detokenization, chat rendering with jinja2."""
+"""The model's tokenizer: encode/decode with `tokenizers`, streaming detokenization, its chat template."""
 
 from __future__ import annotations
 
-import datetime
 import json
 import pathlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import jinja2
-import jinja2.ext
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
+
+from .chat_template import ChatTemplate
 
 # How many tokens before the read position the incremental detokenizer decodes again, so that decoders which look
 # at neighbours (leading-space stripping, byte fallback, multi-token characters) see the same context as a full decode.
@@ -30,53 +28,6 @@ def _byte_level_decoder_table() -> dict[str, int]:
             chars.append(256 + extra)
             extra += 1
     return {chr(c): b for b, c in zip(printable, chars, strict=True)}
-
-
-class ChatTemplate:
-    """A Hugging Face chat template rendered in a sandbox, as `transformers` does (trim_blocks, lstrip_blocks)."""
-
-    def __init__(self, source: str, *, bos_token: str | None = None, eos_token: str | None = None) -> None:
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
-        env.filters["tojson"] = _tojson
-        env.globals["raise_exception"] = _raise_exception
-        env.globals["strftime_now"] = _strftime_now
-        self.source = source
-        self._template = env.from_string(source)
-        self._bos_token = bos_token or ""
-        self._eos_token = eos_token or ""
-
-    def render(
-        self,
-        messages: Sequence[Mapping[str, Any]],
-        *,
-        add_generation_prompt: bool = True,
-        tools: Sequence[Mapping[str, Any]] | None = None,
-        **extra: Any,
-    ) -> str:
-        """The prompt text for `messages`; `add_generation_prompt` opens the assistant's turn."""
-        try:
-            return self._template.render(
-                messages=[dict(m) for m in messages],
-                add_generation_prompt=add_generation_prompt,
-                tools=list(tools) if tools else None,
-                bos_token=self._bos_token,
-                eos_token=self._eos_token,
-                **extra,
-            )
-        except jinja2.TemplateError as exc:
-            raise ValueError(f"chat template failed: {exc}") from exc
-
-
-def _tojson(value: Any, indent: int | None = None) -> str:
-    return json.dumps(value, ensure_ascii=False, indent=indent)
-
-
-def _raise_exception(message: str) -> None:
-    raise jinja2.TemplateError(message)
-
-
-def _strftime_now(fmt: str) -> str:
-    return datetime.datetime.now().strftime(fmt)
 
 
 class ModelTokenizer:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from services.inference.domain import GenerationEvent, GenerationRequest, SamplingParams
 from services.inference.engine import (
     ContextLengthExceeded,
     Engine,
@@ -19,7 +20,6 @@ from services.inference.engine import (
     ModelArtifact,
     collect,
 )
-from services.inference.types import GenerationEvent, GenerationRequest, SamplingParams
 
 _ids = itertools.count()
 TEXTS = [

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
+from services.inference.domain import SamplingParams
 from services.inference.engine import RequestSampler, sample_batch
-from services.inference.types import SamplingParams
 
 
 def sampler(prompt: tuple[int, ...] = (), **params: object) -> RequestSampler:

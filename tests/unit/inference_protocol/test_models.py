@@ -8,7 +8,7 @@ import pytest
 from google.protobuf import json_format
 from openai.types import Model
 
-from services.inference.openai_protocol import (
+from services.inference.openai import (
     ModelInfo,
     ModelPricing,
     ModelQuery,

@@ -7,7 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from services.inference.openai_protocol import (
+from services.inference.domain import SamplingParams
+from services.inference.openai import (
     EngineLimits,
     ProtocolError,
     build_completion_plan,
@@ -15,8 +16,7 @@ from services.inference.openai_protocol import (
     parse_completion_request,
     render_conversation,
 )
-from services.inference.openai_tools import JsonOutput, PlainOutput, ToolCallOutput
-from services.inference.types import SamplingParams
+from services.inference.openai.tools import JsonOutput, PlainOutput, ToolCallOutput
 
 from ._fakes import LIMITS, WEATHER, chat, chat_plan, completion
 
@@ -43,7 +43,7 @@ def test_the_callers_template_is_used() -> None:
         seen.append((turns, add_generation_prompt))
         return "PROMPT:"
 
-    from services.inference.openai_protocol import build_chat_plan, parse_chat_request
+    from services.inference.openai import build_chat_plan, parse_chat_request
 
     plan = build_chat_plan(parse_chat_request(chat()), template, LIMITS)
     assert plan.prompt == "PROMPT:"
@@ -226,7 +226,7 @@ def test_previous_tool_calls_and_results_are_rendered_back() -> None:
 
 
 def test_legacy_function_messages_are_rendered_back() -> None:
-    from services.inference.openai_protocol import parse_chat_request
+    from services.inference.openai import parse_chat_request
 
     req = parse_chat_request(chat(messages=[
         {"role": "user", "content": "2+2?"},

@@ -9,8 +9,9 @@ import pytest
 from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from services.inference.openai_protocol import ProtocolError, build_completion_plan, parse_completion_request
-from services.inference.openai_render import (
+from services.inference.domain import GenerationEvent, TokenLogprob, TopLogprob, Usage
+from services.inference.openai import ProtocolError, build_completion_plan, parse_completion_request
+from services.inference.openai.render import (
     DONE,
     ChatCompletionStream,
     ChoiceResult,
@@ -22,7 +23,6 @@ from services.inference.openai_render import (
     render_chat_completion,
     render_completion,
 )
-from services.inference.types import GenerationEvent, TokenLogprob, TopLogprob, Usage
 
 from ._fakes import LIMITS, WEATHER, chat, chat_plan, completion, events, sse_payloads, token_logprob
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from services.inference.openai_tools import (
+from services.inference.openai.tools import (
     FunctionDef,
     JsonObjectTracker,
     JsonOutput,

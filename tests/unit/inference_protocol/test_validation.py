@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from services.inference.openai_protocol import (
+from services.inference.openai import (
     ProtocolError,
     ToolChoice,
     load_json_body,

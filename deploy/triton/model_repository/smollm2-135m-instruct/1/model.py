@@ -4,7 +4,8 @@ It speaks the vLLM-on-Triton interface (what services/inference/backends/triton.
 optional `stream`, `sampling_parameters` (JSON, vLLM names), `exclude_input_in_output` and the `return_*` flags;
 each response carries the new text in `text_output`, and the last one is sent with the FINAL flag.
 
-Self-contained on purpose (numpy, onnxruntime, tokenizers): the Triton image needs no llmlab code. Each request
+Self-contained on purpose (numpy, onnxruntime, tokenizers) but for llmlab.sampling, the one table of sampling
+bounds, which imports only the standard library (deploy/triton/Dockerfile copies it into the image). Each request
 decodes on its own thread with its own KV cache; continuous batching is the llmlab engine's job, not this file's.
 """
 
@@ -20,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from llmlab.sampling import BOUNDS, violation
 
 try:  # only inside Triton's Python backend stub
     import triton_python_backend_utils as pb_utils
@@ -54,8 +57,9 @@ class Sampling:
             s.stop = [s.stop]
         s.max_tokens, s.top_k = int(s.max_tokens), max(int(s.top_k), 0)  # vLLM's -1 = disabled
         s.temperature, s.top_p = float(s.temperature), float(s.top_p)
-        if s.max_tokens < 1 or s.temperature < 0 or not 0 < s.top_p <= 1 or s.repetition_penalty <= 0:
-            raise ValueError("sampling_parameters out of range")
+        for name in BOUNDS:
+            if hasattr(s, name) and (constraint := violation(name, getattr(s, name))) is not None:
+                raise ValueError(f"sampling_parameters out of range: {name} {constraint}")
         return s
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass
@@ -22,6 +22,20 @@ class SamplingParams:
     seed: int | None = None  # same seed + same params + same prompt -> same text
     logprobs: bool = False  # report the chosen token's logprob
     top_logprobs: int = 0  # and this many alternatives, 0..20
+
+
+_INT64_MIN = -(2**63)
+
+
+def fan_out(params: SamplingParams, n: int) -> list[SamplingParams]:
+    """The n choices of one request: seeds seed, seed+1, ... (wrapped into int64, as the APIs carry it), each
+    with its own copies of the lists."""
+
+    def seed(i: int) -> int | None:
+        return None if params.seed is None else (params.seed + i - _INT64_MIN) % 2**64 + _INT64_MIN
+
+    return [replace(params, seed=seed(i), stop=list(params.stop), stop_token_ids=list(params.stop_token_ids))
+            for i in range(n)]
 
 
 @dataclass

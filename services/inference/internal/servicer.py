@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from typing import Any
 
 import psutil
@@ -12,60 +11,26 @@ from google.protobuf import json_format
 
 from llmlab.inference.v1 import inference_service_pb2 as pb
 from llmlab.inference.v1 import inference_service_pb2_grpc as pb_grpc
-from llmlab.runtime import InvalidArgument, validation_error
+from llmlab.runtime import InvalidArgument
 from llmlab.runtime.context import current_request_id
 from llmlab.runtime.envelope import iso
+from llmlab.sampling import check_sampling
 
-from .backends import BackendRequest
-from .generation import merge_streams
-from .models import ModelManager
-from .registry import ModelRecord
-from .types import GenerationEvent, SamplingParams
-from .types import TokenLogprob as EngineLogprob
-from .usage import UsageRecorder
-
-MAX_N = 16
+from ..backends import BackendRequest
+from ..domain import GenerationEvent, SamplingParams, fan_out
+from ..domain import TokenLogprob as EngineLogprob
+from ..generation import merge_streams
+from ..models.manager import ModelManager
+from ..models.registry import ModelRecord
+from ..sampling_fields import optional_field, sampling_from_proto
+from ..usage import UsageRecorder
 
 
 def sampling_params(msg: pb.SamplingParams) -> tuple[SamplingParams, int]:
     """The proto's sampling (unset fields take OpenAI's defaults) and n, validated."""
-
-    def opt(name: str, default: Any) -> Any:
-        return getattr(msg, name) if msg.HasField(name) else default
-
-    params = SamplingParams(
-        temperature=opt("temperature", 1.0),
-        top_p=opt("top_p", 1.0),
-        top_k=opt("top_k", 0),
-        max_tokens=opt("max_tokens", 256),
-        frequency_penalty=opt("frequency_penalty", 0.0),
-        presence_penalty=opt("presence_penalty", 0.0),
-        repetition_penalty=opt("repetition_penalty", 1.0),
-        stop=list(msg.stop),
-        seed=opt("seed", None),
-        logprobs=msg.logprobs or msg.HasField("top_logprobs"),
-        top_logprobs=opt("top_logprobs", 0),
-    )
-    n = opt("n", 1)
-    checks = [
-        ("temperature", 0 <= params.temperature <= 2, "must be between 0 and 2"),
-        ("top_p", 0 < params.top_p <= 1, "must be greater than 0 and at most 1"),
-        ("top_k", params.top_k >= 0, "must be 0 (off) or positive"),
-        ("max_tokens", params.max_tokens >= 1, "must be at least 1"),
-        ("frequency_penalty", -2 <= params.frequency_penalty <= 2, "must be between -2 and 2"),
-        ("presence_penalty", -2 <= params.presence_penalty <= 2, "must be between -2 and 2"),
-        ("repetition_penalty", params.repetition_penalty > 0, "must be greater than 0"),
-        ("top_logprobs", 0 <= params.top_logprobs <= 20, "must be between 0 and 20"),
-        ("n", 1 <= n <= MAX_N, f"must be between 1 and {MAX_N}"),
-    ]
-    for field, ok, constraint in checks:
-        if not ok:
-            raise validation_error(f"sampling.{field}", getattr(params, field, n), constraint)
-    return params, n
-
-
-def _choice_params(params: SamplingParams, n: int) -> list[SamplingParams]:
-    return [replace(params, seed=None if params.seed is None else params.seed + i) for i in range(n)]
+    n = optional_field(msg, "n", 1)
+    check_sampling({"n": n}, prefix="sampling.")
+    return sampling_from_proto(msg, {"max_tokens": 256}, prefix="sampling."), n
 
 
 def logprobs_pb(tokens: list[EngineLogprob]) -> list[pb.TokenLogprob]:
@@ -108,14 +73,14 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             raise InvalidArgument("tools are served by /v1/chat/completions", reason="UNSUPPORTED_PARAMETER",
                                   field_violations=[("tools", "not supported by this RPC")])
         params, n = sampling_params(request.sampling)
-        record, backend = await self._models.backend(request.model or self._models.settings.default_model)
+        record, backend = await self._models.resolve(request.model or self._models.settings.default_model)
         messages = [json_format.MessageToDict(m, preserving_proto_field_name=True) for m in request.messages] or None
         streams = [
             backend.generate(BackendRequest(
                 f"{current_request_id()}-{i}", record, p,
                 prompt=request.prompt if messages is None else None, messages=messages,
             ))
-            for i, p in enumerate(_choice_params(params, n))
+            for i, p in enumerate(fan_out(params, n))
         ]
         return record, streams
 

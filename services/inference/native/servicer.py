@@ -13,12 +13,13 @@ from llmlab.inference.v1 import native_service_pb2_grpc as pb_grpc
 from llmlab.runtime import DomainError, InvalidArgument, validation_error
 from llmlab.runtime.context import current_request_id
 
-from .backends import BackendRequest
-from .generation import merge_streams
-from .models import ModelManager
-from .registry import ModelRecord
-from .types import GenerationEvent, SamplingParams
-from .usage import UsageRecorder
+from ..backends import BackendRequest
+from ..domain import GenerationEvent, SamplingParams
+from ..generation import merge_streams
+from ..models.manager import ModelManager
+from ..models.registry import ModelRecord
+from ..sampling_fields import sampling_from_proto
+from ..usage import UsageRecorder
 
 DEFAULT_MAX_TOKENS = 256
 MAX_BATCH_ITEMS = 64
@@ -30,29 +31,7 @@ def _gb(n: float) -> str:
 
 def sampling(msg: Any, default_max_tokens: int = DEFAULT_MAX_TOKENS) -> SamplingParams:
     """Seed 004's request fields (generate, stream and batch items share them) as SamplingParams."""
-
-    def opt(name: str, default: Any) -> Any:
-        return getattr(msg, name) if msg.HasField(name) else default
-
-    params = SamplingParams(
-        temperature=opt("temperature", 0.7),
-        top_p=opt("top_p", 1.0),
-        top_k=opt("top_k", 0),
-        max_tokens=opt("max_tokens", default_max_tokens),
-        stop=list(msg.stop),
-        seed=opt("seed", None),
-    )
-    if not 0 <= params.temperature <= 2:
-        raise validation_error("temperature", params.temperature, "must be between 0 and 2")
-    if not 0 < params.top_p <= 1:
-        raise validation_error("top_p", params.top_p, "must be greater than 0 and at most 1")
-    if params.top_k < 0:
-        raise validation_error("top_k", params.top_k, "must be 0 (off) or positive")
-    if params.max_tokens < 1:
-        raise validation_error("max_tokens", params.max_tokens, "must be at least 1")
-    if len(params.stop) > 4:
-        raise validation_error("stop", len(params.stop), "at most 4 stop sequences")
-    return params
+    return sampling_from_proto(msg, {"temperature": 0.7, "max_tokens": default_max_tokens})
 
 
 def usage_pb(event: GenerationEvent) -> common_pb.Usage:
@@ -74,7 +53,7 @@ class NativeServicer(pb_grpc.NativeServiceServicer):
             ModelRecord, Any, BackendRequest]:
         if not prompt.strip():
             raise validation_error("prompt", prompt, "is required")
-        record, backend = await self._models.backend(model or self._models.settings.default_model)
+        record, backend = await self._models.resolve(model or self._models.settings.default_model)
         request = BackendRequest(f"{current_request_id()}{suffix}", record, params,
                                  messages=[{"role": "user", "content": prompt}])
         return record, backend, request

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+from gateway.render import GatewayConfig, render
 from llmlab.runtime.settings import DEFAULT_PORTS, SERVICES
 
 from ._supervisor import ProcessSpec, Supervisor
@@ -60,6 +61,8 @@ async def http_status(port: int, path: str, host: str = "127.0.0.1", wait: float
 def service_env(cfg: PlatformConfig) -> dict[str, str]:
     """Environment shared by every service process: import paths, dependencies, and where each peer is."""
     env = {
+        # The editable install already makes this checkout importable; naming it here keeps the services on the
+        # code of the checkout that launches them when a virtualenv is shared by several checkouts (worktrees).
         "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("gen", "libs", ".")),
         "PYTHONUNBUFFERED": "1",
         "LLMLAB_DATABASE_URL": cfg.database_url,
@@ -75,9 +78,6 @@ def service_env(cfg: PlatformConfig) -> dict[str, str]:
 
 def render_gateway(cfg: PlatformConfig) -> Path:
     """Write the local Envoy config for these ports into the run dir; return its path."""
-    sys.path.insert(0, str(ROOT))
-    from gateway.render import GatewayConfig, render
-
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     path = cfg.run_dir / f"envoy-{cfg.gateway_port}.yaml"
     text = render(

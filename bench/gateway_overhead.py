@@ -2,7 +2,7 @@
 
 Starts the whole platform on free ports (as `make up` does, in throwaway schemas), creates one experiment, then
 measures p50/p99 latency and throughput at concurrency 1 and 16 for both paths and prints the overhead.
-Usage: python bench/gateway.py [--requests N] [--concurrency 1,16]
+Usage: python bench/gateway_overhead.py [--requests N] [--concurrency 1,16]
 """
 
 from __future__ import annotations
@@ -11,16 +11,12 @@ import argparse
 import asyncio
 import statistics
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "gen"), str(ROOT / "libs"), str(ROOT), str(ROOT / "bench")]
+import grpc
 
-import grpc  # noqa: E402
-from _stack import KeepAliveClient, admin_key, drive, percentile, running_platform  # noqa: E402
-
-from llmlab.experiments.v1 import experiments_service_pb2 as pb  # noqa: E402
-from llmlab.experiments.v1 import experiments_service_pb2_grpc as pb_grpc  # noqa: E402
+from bench._stack import KeepAliveClient, admin_key, drive, percentile, running_platform
+from llmlab.experiments.v1 import experiments_service_pb2 as pb
+from llmlab.experiments.v1 import experiments_service_pb2_grpc as pb_grpc
 
 
 async def main() -> int:

@@ -17,9 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .openai_protocol import ChatPlan, CompletionPlan, ProtocolError
-from .openai_tools import OutputProcessor, ToolCall, extract_json_object
-from .types import GenerationEvent, TokenLogprob, Usage
+from ..domain import GenerationEvent, TokenLogprob, Usage
+from .plan import ChatPlan, CompletionPlan
+from .tools import OutputProcessor, ToolCall, extract_json_object
+from .validation import ProtocolError
 
 DONE = b"data: [DONE]\n\n"
 SERVER_ERROR_MESSAGE = "The server had an error while processing your request. Sorry about that!"
@@ -244,12 +245,42 @@ class _ChatChoice:
 class _StreamEnd:
     """How both SSE renderers end: the usage chunk and `[DONE]`, or an in-band error and `[DONE]`."""
 
+    object_name: str  # the `object` of every chunk
     plan: Any
+    id: str
+    created: int
+    model: str
+    system_fingerprint: str | None
     _choices: list[Any]
     _closed: bool
 
+    def _open(self, plan: Any, model: str, completion_id: str, created: int | None,
+              system_fingerprint: str | None, choices: list[Any]) -> None:
+        self.plan = plan
+        self.id = completion_id
+        self.model = model
+        self.created = int(time.time()) if created is None else created
+        self.system_fingerprint = system_fingerprint
+        self._choices = choices
+        self._closed = False
+
+    @property
+    def finished(self) -> bool:
+        """Every choice has ended."""
+        return all(c.finished for c in self._choices)
+
     def _chunk(self, choices: list[dict[str, Any]], usage: Usage | None = None, final: bool = False) -> bytes:
-        raise NotImplementedError
+        body: dict[str, Any] = {
+            "id": self.id,
+            "object": self.object_name,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": self.system_fingerprint,
+            "choices": choices,
+        }
+        if self.plan.include_usage:
+            body["usage"] = usage_dict(usage) if final and usage is not None else None
+        return sse_frame(body)
 
     def close(self, usage: Usage | None = None) -> list[bytes]:
         """The usage chunk (with include_usage) and `data: [DONE]`. `usage` defaults to the choices' total."""
@@ -281,6 +312,8 @@ class ChatCompletionStream(_StreamEnd):
     then `data: [DONE]`. Choices interleave by index as their events arrive.
     """
 
+    object_name = "chat.completion.chunk"
+
     def __init__(
         self,
         plan: ChatPlan,
@@ -290,35 +323,12 @@ class ChatCompletionStream(_StreamEnd):
         created: int | None = None,
         system_fingerprint: str | None = None,
     ) -> None:
-        self.plan = plan
-        self.id = completion_id or new_id("chatcmpl")
-        self.model = model
-        self.created = int(time.time()) if created is None else created
-        self.system_fingerprint = system_fingerprint
-        self._choices = [_ChatChoice(plan.output_processor()) for _ in range(plan.n)]
-        self._closed = False
-
-    @property
-    def finished(self) -> bool:
-        """Every choice has ended."""
-        return all(c.finished for c in self._choices)
+        self._open(plan, model, completion_id or new_id("chatcmpl"), created, system_fingerprint,
+                   [_ChatChoice(plan.output_processor()) for _ in range(plan.n)])
 
     def should_stop(self, index: int) -> bool:
         """The choice's answer is complete (JSON object closed, tool call closed): the engine may stop it."""
         return self._choices[index].processor.complete
-
-    def _chunk(self, choices: list[dict[str, Any]], usage: Usage | None = None, final: bool = False) -> bytes:
-        body: dict[str, Any] = {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": self.system_fingerprint,
-            "choices": choices,
-        }
-        if self.plan.include_usage:
-            body["usage"] = usage_dict(usage) if final and usage is not None else None
-        return sse_frame(body)
 
     def _delta(self, index: int, delta: dict[str, Any], reason: str | None = None) -> bytes:
         choice = self._choices[index]
@@ -425,6 +435,8 @@ class CompletionStream(_StreamEnd):
     """Renders one completions request's stream, like ChatCompletionStream: `start()` (the echoed prompts),
     `feed(index, event)`, `close()`. Every chunk is a `text_completion` object with one choice."""
 
+    object_name = "text_completion"
+
     def __init__(
         self,
         plan: CompletionPlan,
@@ -436,32 +448,10 @@ class CompletionStream(_StreamEnd):
         created: int | None = None,
         system_fingerprint: str | None = None,
     ) -> None:
-        self.plan = plan
-        self.id = completion_id or new_id("cmpl")
-        self.model = model
-        self.created = int(time.time()) if created is None else created
-        self.system_fingerprint = system_fingerprint
+        self._open(plan, model, completion_id or new_id("cmpl"), created, system_fingerprint,
+                   [_CompletionChoice() for _ in range(plan.choice_count)])
         self._prompt_texts = list(prompt_texts)
         self._prompt_logprobs = [list(p) for p in prompt_logprobs]
-        self._choices = [_CompletionChoice() for _ in range(plan.choice_count)]
-        self._closed = False
-
-    @property
-    def finished(self) -> bool:
-        return all(c.finished for c in self._choices)
-
-    def _chunk(self, choices: list[dict[str, Any]], usage: Usage | None = None, final: bool = False) -> bytes:
-        body: dict[str, Any] = {
-            "id": self.id,
-            "object": "text_completion",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": self.system_fingerprint,
-            "choices": choices,
-        }
-        if self.plan.include_usage:
-            body["usage"] = usage_dict(usage) if final and usage is not None else None
-        return sse_frame(body)
 
     def _text(self, index: int, text: str, tokens: Sequence[TokenLogprob | None], reason: str | None) -> bytes:
         choice = self._choices[index]

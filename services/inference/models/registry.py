@@ -7,15 +7,15 @@ import datetime as dt
 import json
 import re
 import uuid as uuidlib
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import asyncpg
 
-from llmlab.runtime import AlreadyExists, InvalidArgument, NotFound
+from llmlab.runtime import AlreadyExists, InvalidArgument, NotFound, validation_error
 
-from .importer import Manifest
+from ..artifacts import Manifest
 
 BACKENDS = ("onnx", "triton", "openai")
 STATUSES = ("available", "loading", "unavailable", "deprecated")
@@ -25,7 +25,7 @@ SIZE_CLASSES = ("small", "medium", "large", "xl")
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9._/-]{0,127}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Keys that would hold a secret; backend_config names the env var instead (api_key_env).
-_SECRET_KEYS = {"api_key", "apikey", "key", "token", "secret", "password", "authorization"}
+SECRET_KEYS = {"api_key", "apikey", "key", "token", "secret", "password", "authorization"}
 
 
 class ModelNotFound(NotFound):
@@ -74,38 +74,12 @@ class ModelRecord:
         def obj(v: str | None) -> Any:
             return json.loads(v) if v is not None else None
 
-        return cls(
-            id=r["id"],
-            uuid=str(r["uuid"]),
-            name=r["name"],
-            provider=r["provider"],
-            base_model=r["base_model"],
-            status=r["status"],
-            description=r["description"],
-            model_size=r["model_size"],
-            size_class=r["size_class"],
-            parameter_count=r["parameter_count"],
-            capabilities=list(r["capabilities"]),
-            languages=list(r["languages"]),
-            category=r["category"],
-            owned_by=r["owned_by"],
-            cost_per_token=r["cost_per_token"],
-            input_cost_per_token=r["input_cost_per_token"],
-            output_cost_per_token=r["output_cost_per_token"],
-            max_tokens=r["max_tokens"],
-            context_window=r["context_window"],
-            model_identifier=r["model_identifier"],
-            version=r["version"],
-            config=obj(r["config"]),
-            parameters=obj(r["parameters"]),
-            format=r["format"],
-            quantization=r["quantization"],
-            backend=r["backend"],
-            backend_config=obj(r["backend_config"]),
-            artifact=obj(r["artifact"]),
-            created_at=r["created_at"],
-            updated_at=r["updated_at"],
-        )
+        values = {f.name: r[f.name] for f in fields(cls)}
+        values["uuid"] = str(values["uuid"])
+        values["capabilities"], values["languages"] = list(values["capabilities"]), list(values["languages"])
+        for column in _JSON_COLUMNS:
+            values[column] = obj(values[column])
+        return cls(**values)
 
     @property
     def upstream_model(self) -> str:
@@ -182,7 +156,7 @@ def validate_backend(backend: str, config: Mapping[str, Any]) -> None:
     """Raise InvalidArgument unless `config` is what `backend` needs, and holds no secret."""
     if backend not in BACKENDS:
         raise InvalidArgument(f"backend must be one of {', '.join(BACKENDS)}", field_violations=[("backend", backend)])
-    secret = sorted(k for k in config if k.lower().replace("-", "_") in _SECRET_KEYS)
+    secret = sorted(k for k in config if k.lower().replace("-", "_") in SECRET_KEYS)
     if secret:
         raise InvalidArgument(
             "backend_config must not hold credentials; name the environment variable that holds the key in "
@@ -216,10 +190,29 @@ def validate_backend(backend: str, config: Mapping[str, Any]) -> None:
             )
 
 
+def refuse_nul(field: str, value: Any) -> None:
+    """Postgres refuses NUL in text and jsonb (a 500 if it got there): a 400 naming the field instead. Walks lists
+    and objects (config, parameters) too."""
+    stack = [(field, value)]
+    while stack:
+        name, v = stack.pop()
+        if isinstance(v, str):
+            if "\x00" in v:
+                raise validation_error(name, v, "must not contain NUL characters")
+        elif isinstance(v, Mapping):
+            for k, item in v.items():
+                stack.append((name, k))
+                stack.append((f"{name}.{k}" if isinstance(k, str) and "\x00" not in k else name, item))
+        elif isinstance(v, list | tuple):
+            stack.extend((name, item) for item in v)
+
+
 def _validate_values(values: Mapping[str, Any]) -> None:
     def bad(name: str, constraint: str) -> InvalidArgument:
         return InvalidArgument(f"{name} {constraint}", field_violations=[(name, constraint)])
 
+    for key, v in values.items():
+        refuse_nul(key, v)
     if "name" in values and not (isinstance(values["name"], str) and 1 <= len(values["name"].strip()) <= 255):
         raise bad("name", "must be 1..255 characters")
     if "status" in values and values["status"] not in STATUSES:
@@ -251,6 +244,8 @@ def decode_cursor(cursor: str) -> tuple[dt.datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created, model_id = json.loads(raw)
+        if "\x00" in str(model_id):  # a forged cursor; Postgres would refuse the NUL
+            raise ValueError("NUL in cursor")
         return dt.datetime.fromisoformat(created), str(model_id)
     except (ValueError, TypeError) as e:
         raise InvalidArgument("after is not a cursor this API issued", field_violations=[("after", "invalid")]) from e
@@ -267,6 +262,7 @@ class ModelFilter:
 
     def where(self, args: list[Any]) -> list[str]:
         clauses = []
+        refuse_nul("provider", self.provider)
         for column, value in (
             ("provider", self.provider),
             ("category", self.category),
@@ -284,6 +280,17 @@ class ModelRegistry:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        self._listeners: list[Callable[[ModelRecord], Awaitable[None]]] = []
+
+    def on_change(self, listener: Callable[[ModelRecord], Awaitable[None]]) -> None:
+        """Call `listener(record)` after every write this registry makes (the model manager's cache drops it)."""
+        self._listeners.append(listener)
+
+    async def _changed(self, row: asyncpg.Record) -> ModelRecord:
+        record = ModelRecord.from_record(row)
+        for listener in self._listeners:
+            await listener(record)
+        return record
 
     async def list(
         self,
@@ -321,6 +328,7 @@ class ModelRegistry:
 
     async def find(self, key: str) -> ModelRecord | None:
         """By slug, or by UUID when `key` is one (a slug never parses as a UUID with dashes in place)."""
+        refuse_nul("id", key)
         row = await self._pool.fetchrow("SELECT * FROM models WHERE id = $1", key)
         if row is None:
             as_uuid = _as_uuid(key)
@@ -367,7 +375,7 @@ class ModelRegistry:
             ) from None
         except asyncpg.CheckViolationError as e:
             raise InvalidArgument(f"model rejected by constraint {e.constraint_name}") from None
-        return ModelRecord.from_record(row)
+        return await self._changed(row)
 
     async def update(self, key: str, changes: Mapping[str, Any]) -> ModelRecord:
         """Change the given fields of the model with slug or UUID `key`. `config` is merged at the top level
@@ -403,7 +411,7 @@ class ModelRegistry:
                 f"UPDATE models SET {', '.join(sets)}, updated_at = now() WHERE id = ${len(params)} RETURNING *",
                 *params,
             )
-        return ModelRecord.from_record(row)
+        return await self._changed(row)
 
     async def ensure_default(self, manifest: Manifest) -> ModelRecord:
         """Upsert the embedded model from its import manifest (at service start). Artifact-derived fields follow
@@ -453,9 +461,10 @@ class ModelRegistry:
         )
         if row is None:  # present and unchanged
             return await self.get(manifest.id)
-        return ModelRecord.from_record(row)
+        return await self._changed(row)
 
     async def _locked(self, conn: asyncpg.Connection, key: str) -> ModelRecord:
+        refuse_nul("id", key)
         row = await conn.fetchrow("SELECT * FROM models WHERE id = $1 FOR UPDATE", key)
         if row is None and (as_uuid := _as_uuid(key)) is not None:
             row = await conn.fetchrow("SELECT * FROM models WHERE uuid = $1 FOR UPDATE", as_uuid)

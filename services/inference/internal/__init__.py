@@ -1,0 +1,1 @@
+"""InferenceService: the typed gRPC API other services call."""

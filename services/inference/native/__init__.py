@@ -1,0 +1,1 @@
+"""NativeService: seed 004's local inference API."""

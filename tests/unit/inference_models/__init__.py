@@ -1,0 +1,1 @@
+"""Unit tests of the inference service's model catalogue and registry values."""
