@@ -131,7 +131,13 @@ class Fuzzer:
         f.by_operation[label] += 1
         f.by_class[f"{r.status_code // 100}xx"] += 1
         f.by_status[r.status_code] += 1
-        text = r.text[:2000] if "json" in _header(r, "content-type") or r.status_code >= 400 else ""
+        is_text = "json" in _header(r, "content-type") or r.status_code >= 400
+        text = r.content[:2000].decode("utf-8", "replace") if is_text else ""
+        if is_text:
+            try:
+                r.content.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                f.fail("invalid UTF-8", label, r.status_code, f"byte {exc.start}: {exc.reason}", case, text)
         if r.status_code >= 500 and r.status_code != 501:
             f.fail("5xx", label, r.status_code, _message(text), case, text)
         responses = op.definition.raw["responses"]
