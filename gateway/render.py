@@ -37,8 +37,9 @@ import tempfile
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
+
+from llmlab.runtime.httprules import method_bindings
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 ENVOY = ROOT / ".venv-envoy" / "bin" / "envoy"
@@ -116,12 +117,6 @@ def _repo_path(p: str) -> pathlib.Path:
     return path if path.is_absolute() else ROOT / path
 
 
-def _has_http_rule(method: descriptor_pb2.MethodDescriptorProto) -> bool:
-    # Re-parse the options so the google.api.http extension (registered by annotations_pb2) is recognised.
-    opts = descriptor_pb2.MethodOptions.FromString(method.options.SerializeToString())
-    return opts.HasExtension(annotations_pb2.http)
-
-
 def transcoded_services(descriptor_bytes: bytes) -> list[TranscodedService]:
     """Services of ``llmlab.<svc>.v1`` packages with at least one google.api.http rule, in descriptor order."""
     fds = descriptor_pb2.FileDescriptorSet.FromString(descriptor_bytes)
@@ -129,7 +124,7 @@ def transcoded_services(descriptor_bytes: bytes) -> list[TranscodedService]:
     for f in fds.file:
         m = PACKAGE_RE.match(f.package)
         for svc in f.service:
-            if not any(_has_http_rule(meth) for meth in svc.method):
+            if not any(method_bindings(f"{f.package}.{svc.name}", meth) for meth in svc.method):
                 continue
             if not m or m.group(1) not in SERVICES:
                 raise ValueError(
