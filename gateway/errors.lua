@@ -199,7 +199,8 @@ explain = function(e, text)
       end
       local name = string.match(ty, "^TYPE_(%u+%d*)$") or string.match(ty, "google%.protobuf%.(%w+)$")
       local shown = string.match(value, '^"(.*)"$') or value
-      if #shown > 64 then shown = sub(shown, 1, 64) .. "..." end
+      -- 64 bytes, backed off to a character boundary (a cut inside a UTF-8 sequence is not JSON text)
+      if #shown > 64 then shown = string.gsub(sub(shown, 1, 64), "[\192-\255][\128-\191]*$", "") .. "..." end
       return violation(e, field ~= "" and field or "body", "must be " .. (EXPECT[name or ""] or "an object"), shown)
     end
     if rest == "Root element must be a message." then return violation(e, "body", "must be a JSON object") end
@@ -376,9 +377,19 @@ local function family_of(path)
   return "research"
 end
 
-local function header_bytes(hd)              -- Envoy's Lua has no byteSize(): about 2 us for 20 headers
-  local n = 0
-  for k, v in pairs(hd) do n = n + #k + #v end
+-- The size of all request headers (Envoy's Lua has no byteSize(): about 2 us for 20 headers), dropping on the way
+-- headers whose names gRPC refuses as metadata keys (only 0-9 a-z - _ . are allowed; HTTP also allows
+-- !#$%&'*+^`|~): forwarded, they failed the call with "Illegal header key" (500).
+local function header_bytes(hd)
+  local n, illegal = 0, nil
+  for k, v in pairs(hd) do
+    n = n + #k + #v
+    if byte(k, 1) ~= 58 and find(k, "[^0-9a-z_.%-]") then   -- 58 is ':' (pseudo-headers)
+      illegal = illegal or {}
+      illegal[#illegal + 1] = k
+    end
+  end
+  if illegal then for _, k in ipairs(illegal) do hd:remove(k) end end
   return n
 end
 
