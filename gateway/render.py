@@ -39,12 +39,11 @@ from urllib.parse import urlsplit
 
 from google.protobuf import descriptor_pb2
 
-from llmlab.runtime.httprules import method_bindings
+from llmlab.runtime.httprules import FAMILY_PREFIXES, method_bindings
+from llmlab.runtime.settings import DEFAULT_PORTS, SERVICES
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 ENVOY = ROOT / ".venv-envoy" / "bin" / "envoy"
-SERVICES = ("auth", "experiments", "inference", "metrics", "analytics", "files")
-LOCAL_PORTS = {svc: 50051 + i for i, svc in enumerate(SERVICES)}
 MIB = 1024 * 1024
 # Routes that carry file bodies: OpenAI files (multipart) and the signed upload URLs of the files service
 # (the brief's /files/uploads/ and transfers_service.proto's /uploads/{token}).
@@ -99,7 +98,7 @@ class GatewayConfig:
         for svc in SERVICES:
             if svc not in self.upstreams:
                 self.upstreams[svc] = (
-                    f"{svc}.{self.namespace}.svc.cluster.local:50051" if k8s else f"127.0.0.1:{LOCAL_PORTS[svc]}"
+                    f"{svc}.{self.namespace}.svc.cluster.local:50051" if k8s else f"127.0.0.1:{DEFAULT_PORTS[svc]}"
                 )
 
 
@@ -303,11 +302,6 @@ def _routes(cfg: GatewayConfig, services: list[TranscodedService], upload_transc
         }
     )
     return routes
-
-
-# Path prefixes of the API families (the same table as errors.lua's family_of, first match wins).
-FAMILY_PREFIXES = (("/api/v1/", "native"), ("/api/", "lab"), ("/v1/", "serving"), ("/health", "ops"),
-                   ("/metrics", "ops"))
 
 
 def _family_mappers() -> list[dict]:

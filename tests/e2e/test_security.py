@@ -10,6 +10,7 @@ import time
 import httpx
 import pytest
 
+from llmlab.runtime.httprules import family
 from services.auth.credentials import AccessTokens
 from services.auth.routes import RouteTable, load_routes
 
@@ -17,18 +18,6 @@ from .conftest import login
 from .test_routes import ROUTES, Route
 
 TABLE = RouteTable(load_routes())
-
-
-def family(path: str) -> str:
-    if path.startswith("/api/v1/"):
-        return "native"
-    if path.startswith("/api/"):
-        return "lab"
-    if path.startswith("/v1/"):
-        return "serving"
-    if path.startswith(("/health", "/metrics")):
-        return "ops"
-    return "research"
 
 
 def assert_refusal(r: httpx.Response, route: Route, status: int, permission: str | None = None) -> None:

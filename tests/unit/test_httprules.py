@@ -60,3 +60,12 @@ def test_gateway_auth_metrics_and_openapi_read_the_same_bindings():
     ft = [b.template for b in bindings if b.method == "ListFineTuningJobs"]
     assert sorted(ft) == ["/v1/fine-tuning/jobs", "/v1/fine_tuning/jobs"]
     assert PUBLIC_RPCS <= {b.rpc for b in bindings}
+
+
+def test_the_family_of_a_path_is_decided_once():
+    from llmlab.runtime.httprules import family
+
+    cases = {"/api/v1/generate": "native", "/api/v1": "native", "/api/experiments?x=1": "lab", "/api": "lab",
+             "/v1/chat/completions": "serving", "/health/detailed": "ops", "/healthz": "ops", "/metrics": "ops",
+             "/models": "research", "/experiments/x": "research", "/apix": "research", "/v1x": "research"}
+    assert {path: family(path) for path in cases} == cases

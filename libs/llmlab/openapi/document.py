@@ -14,7 +14,7 @@ from typing import Any
 
 from google.protobuf import descriptor_pb2
 
-from llmlab.runtime.httprules import PUBLIC_RPCS, Binding, file_set_bindings
+from llmlab.runtime.httprules import PUBLIC_RPCS, Binding, family, file_set_bindings
 
 from .schemas import QUERY_WELL_KNOWN, WELL_KNOWN, F, Registry, ref
 from .shapes import (
@@ -30,19 +30,6 @@ HTTP_BODY = ".google.api.HttpBody"
 OPENAPI_METHODS = {"GET", "PUT", "POST", "DELETE", "PATCH", "HEAD", "OPTIONS", "TRACE"}
 PARAM_RE = re.compile(r"\{([^}=]+)(?:=([^}]*))?\}")
 QUERY_DEPTH = 3  # nested request messages bound as `a.b.c=` query parameters, as Envoy does
-
-
-def family(path: str) -> str:
-    """The API family of a path, as gateway/errors.lua's family_of decides it."""
-    if path == "/api/v1" or path.startswith("/api/v1/"):
-        return "native"
-    if path == "/api" or path.startswith("/api/"):
-        return "lab"
-    if path == "/v1" or path.startswith("/v1/"):
-        return "serving"
-    if path.startswith("/health") or path == "/metrics" or path.startswith("/metrics/"):
-        return "ops"
-    return "research"
 
 
 def _error_response(fam: str) -> dict:

@@ -34,6 +34,22 @@ PUBLIC_RPCS = frozenset({
 })
 
 
+# The API family of a request path, first match wins; anything else is the research family. A prefix ending in
+# "/" also matches the path without it ("/api/v1"). gateway/errors.lua's family_of says the same in Lua (the
+# Lua filter cannot import this), and render.py hands this table to Envoy for its own early replies.
+FAMILY_PREFIXES = (("/api/v1/", "native"), ("/api/", "lab"), ("/v1/", "serving"), ("/health", "ops"),
+                   ("/metrics/", "ops"))
+
+
+def family(path: str) -> str:
+    """"lab", "research", "serving", "native" or "ops" for a request path (query string ignored)."""
+    path = path.split("?", 1)[0]
+    for prefix, name in FAMILY_PREFIXES:
+        if path.startswith(prefix) or (prefix.endswith("/") and path == prefix[:-1]):
+            return name
+    return "research"
+
+
 @dataclass(frozen=True)
 class Binding:
     """One REST binding of an RPC: the rule itself or one of its additional_bindings."""
