@@ -210,6 +210,7 @@ explain = function(e, text)
       return
     end
   end
+  if find(text, "^Message too deep") then e.message = "The request body is nested too deeply"; return end
   if find(text, "^Could not resolve ") then e.message = "No endpoint for this method and path"; return end
   local lower = string.lower(text)
   for _, w in ipairs(INTERNAL_WORDS) do
