@@ -12,7 +12,7 @@ from llmlab.runtime.text import visible_text
 from .limits import Tier, cap
 from .routes import PERMISSIONS
 
-FORBIDDEN = "You do not have permission to access this resource"  # seed 001 §403
+FORBIDDEN = "You do not have permission to access this resource"  # `required_permission` names what is missing
 MAX_KEY_NAME_CHARS = 255
 # Longer than any RFC 3339 timestamp with fractional seconds and an offset: refused before it is parsed.
 MAX_TIMESTAMP_CHARS = 40
