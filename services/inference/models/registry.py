@@ -379,7 +379,7 @@ class ModelRegistry:
 
     async def update(self, key: str, changes: Mapping[str, Any]) -> ModelRecord:
         """Change the given fields of the model with slug or UUID `key`. `config` is merged at the top level
-        (a None value removes the key, seed 001 "Update a Model"); every other field is replaced."""
+        (a None value removes the key); every other field is replaced."""
         unknown = sorted(set(changes) - UPDATABLE)
         if unknown:
             raise InvalidArgument(

@@ -1,4 +1,4 @@
-"""NativeService: seed 004's local inference API (`/api/v1/generate`, `.../stream`, `/models`, `/batch/generate`)."""
+"""NativeService: the native local inference API (`/api/v1/generate`, `.../stream`, `/models`, `/batch/generate`)."""
 
 from __future__ import annotations
 
