@@ -19,7 +19,7 @@ MAX_TIMESTAMP_CHARS = 40
 
 
 def _invalid(field: str, value: object, constraint: str) -> InvalidArgument:
-    """Seed 000's validation error with a sentence for a message: this route answers in the OpenAI family's body,
+    """`validation_error` with a sentence for a message: this route answers in the OpenAI family's body,
     which shows only `message` and `param`, so the message carries the constraint."""
     return validation_error(field, value, constraint, message=f"`{field}` {constraint}")
 

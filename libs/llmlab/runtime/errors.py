@@ -114,7 +114,7 @@ class DomainError(Exception):
         return self.http_status or HTTP_STATUS[self.grpc_code]
 
     def to_status(self) -> status_pb2.Status:
-        """google.rpc.Status with ErrorInfo (+ Struct details, + BadRequest) per protos/README.md §Errors."""
+        """google.rpc.Status with ErrorInfo (+ Struct details, + BadRequest) per protos/README.md "Errors"."""
         code = getattr(code_pb2, self.grpc_code.name)
         st = status_pb2.Status(code=code, message=self.message)
         meta = dict(self.metadata)

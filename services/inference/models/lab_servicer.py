@@ -30,25 +30,25 @@ from .catalogue import (
 from .manager import ModelManager
 from .registry import ModelRecord, NewModel, slugify
 
-# Seed 002 "Generate Text": the documented request values double as the defaults.
+# `/api/models/{id}/generate`: what neither the body nor the model's stored `parameters` give takes these values.
 LAB_DEFAULTS = {"temperature": 0.7, "max_length": 100, "top_p": 0.9, "top_k": 50}
 
 _LAB_LIST_STATUS = {"available": "active"}  # the lab list says "active"; the other states keep their canonical name
 
 
 def lab_list_status(status: str) -> str:
-    """Seed 000 §9.1's spelling: "active" for a servable model."""
+    """The status of a `GET /api/models` item: "active" for a servable model, other states as stored."""
     return _LAB_LIST_STATUS.get(status, status)
 
 
 def lab_item_status(status: str) -> str:
-    """Seed 002's spelling: "AVAILABLE", "LOADING", ..."""
+    """The status of a single model (`GET /api/models/{id}`, `POST /api/models`): upper case, "AVAILABLE", ..."""
     return status.upper()
 
 
 
 def lab_text(prompt: str, answer: str) -> str:
-    """Seed 002's `text`: the prompt followed by what the model wrote. A chat model often restates the prompt
+    """The generated `text`: the prompt followed by what the model wrote. A chat model often restates the prompt
     before continuing it; then its answer already is the prompt followed by the continuation."""
     head = answer.lstrip()
     if prompt.strip() and head.lower().startswith(prompt.strip().lower()):

@@ -35,7 +35,7 @@ DEFAULT_LIMIT, MAX_LIMIT = 20, 100
 
 
 def research_config(r: ModelRecord) -> dict[str, Any]:
-    """Seed 001's `config`: what was stored, plus how the platform reaches the model (no secret is stored)."""
+    """The research model's `config`: what was stored, plus how the platform reaches the model (no secret is stored)."""
     return {**r.config, "backend": {"type": r.backend, **r.backend_config}}
 
 
