@@ -303,7 +303,7 @@ local function respond(h, status, meta)
   local retry_after = extras.retry_after
   if status == 429 then
     local reset = tonumber(hd:get("x-ratelimit-reset") or "")
-    -- The auth service writes resets as epoch seconds (seeds 001, 003); a small number is a delta.
+    -- The auth service writes resets as epoch seconds (docs/auth.md); a small number is a delta.
     if reset and reset > 1000000000 then reset = math.max(1, reset - os.time()) end
     if retry_after == nil and reset then retry_after = reset end
     if retry_after ~= nil then hd:replace("retry-after", tostring(retry_after)) end

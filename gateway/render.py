@@ -4,7 +4,7 @@ The REST surface is whatever the ``google.api.http`` rules in ``protos/`` say: t
 the per-service routes and the streaming routes (no overall timeout) are all read from the descriptor set, so a
 new annotated RPC needs no gateway edit.
 
-Filter order (shared/DESIGN.md "Gateway", plus the body cap):
+Filter order (as README.md's diagram shows it):
 lua errors -> health_check -> cors -> buffer -> ext_authz -> grpc_json_transcoder -> ratelimit -> router.
 
 Contracts with the services:
@@ -17,8 +17,8 @@ Contracts with the services:
   bounded, no ids or query strings), ``principal`` (``x-llmlab-principal``) and ``limits`` (``x-llmlab-limits``,
   the principal's limits as ext_authz resolved them); without the last two there is no descriptor and no call
   (public routes, unlimited principals). The service's answer carries the X-RateLimit-* headers itself (epoch
-  resets, seed 003's -Requests/-Tokens on /v1) and, when over the limit, a google.rpc.Status body for the Lua
-  filter.
+  resets, the -Requests/-Tokens variants on /v1; docs/auth.md "Rate limits and quotas") and, when over the limit,
+  a google.rpc.Status body for the Lua filter.
 - ``auth=False`` (``--no-auth``) renders the same gateway without ext_authz and ratelimit: for measuring what they
   cost (bench/auth.py), never for serving.
 """
@@ -46,7 +46,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 ENVOY = ROOT / ".venv-envoy" / "bin" / "envoy"
 MIB = 1024 * 1024
 # Routes that carry file bodies: OpenAI files (multipart) and the signed upload URLs of the files service
-# (the brief's /files/uploads/ and transfers_service.proto's /uploads/{token}).
+# (/files/uploads/ and transfers_service.proto's /uploads/{token}).
 UPLOAD_PREFIXES = ("/v1/files", "/files/uploads", "/uploads")
 LUA_NAMESPACE = "llmlab.gateway"  # dynamic metadata the Lua filter writes (family, request_id)
 PACKAGE_RE = re.compile(r"^llmlab\.([a-z0-9_]+)\.v1$")

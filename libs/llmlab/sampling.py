@@ -4,9 +4,9 @@
     check_sampling({"temperature": t, "top_p": p, "max_tokens": m})                    # field "temperature", ...
     check_sampling({"max_length": m}, aliases={"max_length": "max_tokens"}, prefix="parameters.")
 
-`check_sampling` raises the seed 000 validation error (`validation_error(field, value, constraint)`) for the first
-value out of bounds; `violation` returns the constraint wording without raising (the engine and deploy/triton's
-model.py, which runs inside Triton without grpc, use it). Values given as None are "not set" and skipped. Protocols
+`check_sampling` raises `validation_error(field, value, constraint)` (llmlab.runtime.errors) for the first value
+out of bounds; `violation` returns the constraint wording without raising (the engine and deploy/triton's model.py,
+which runs inside Triton without grpc, use it). Values given as None are "not set" and skipped. Protocols
 with wider documented ranges (OpenAI accepts `top_p: 0` as greedy and `top_k: -1` as off) map those values first
 and read `lo`/`hi` from `BOUNDS` for their own message wording.
 

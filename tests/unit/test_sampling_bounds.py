@@ -1,4 +1,4 @@
-"""llmlab.sampling: the one table of sampling bounds and its checker (the seed 000 validation error)."""
+"""llmlab.sampling: the one table of sampling bounds and its checker (`validation_error`)."""
 
 from __future__ import annotations
 
