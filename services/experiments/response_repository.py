@@ -65,7 +65,8 @@ class ResponseRecord:
 
 @dataclass
 class ResponseFilter:
-    """Filters of §2.2 (one experiment) and §6.1 (across experiments)."""
+    """Filters of `GET /api/responses/{experiment_id}` (one experiment) and `GET /api/responses/comparison` (across
+    experiments)."""
 
     page: ListQuery
     experiment_id: int | None = None

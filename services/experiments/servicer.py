@@ -35,7 +35,7 @@ def _duration(row: ExperimentRow) -> Any:
 
 
 def _common(row: ExperimentRow) -> dict[str, Any]:
-    """The fields the list item (§1.1) and the full experiment (§1.2) share."""
+    """The fields the list item (`GET /api/experiments`) and the full experiment (`GET /api/experiments/{id}`) share."""
     return {
         "id": row.id,
         "name": row.name,
@@ -99,7 +99,7 @@ def _not_found(experiment_id: int) -> NotFound:
 
 
 class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
-    """Seed 000 §1 and §7 over the experiments store."""
+    """The lab family's `/api/experiments` routes (CRUD, stats, history, bulk actions) over the experiments store."""
 
     def __init__(self, repo: ExperimentRepository, models: ModelRegistry, responses: ResponseRepository) -> None:
         self._repo = repo

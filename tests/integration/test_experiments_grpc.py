@@ -1,4 +1,4 @@
-"""The lab experiments resource over gRPC against the real Postgres (seed 000 §1.1-1.5, §7.1-7.2), with the
+"""The lab experiments resource over gRPC against the real Postgres (CRUD, history and bulk actions), with the
 inference service on port 0 as the model registry that `model` is checked against."""
 
 import datetime as dt
@@ -76,7 +76,7 @@ def params(**values) -> struct_pb2.Struct:
 
 
 def violation(err: grpc.aio.AioRpcError) -> dict:
-    """The details of an error answer: seed 000's {field, value, constraint}, or the not-found ids."""
+    """The details of an error answer: the lab validation error's {field, value, constraint}, or the not-found ids."""
     for detail in rpc_status.from_call(err).details:
         if detail.Is(struct_pb2.Struct.DESCRIPTOR):
             details = struct_pb2.Struct()
