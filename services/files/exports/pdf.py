@@ -20,6 +20,10 @@ A4 = (8.27, 11.69)
 MAX_TABLE_ROWS = 30
 
 
+def _short(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
 def _empty(ax: Any, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=11, color="#555555", transform=ax.transAxes)
     ax.set_xticks([])
@@ -63,6 +67,13 @@ def _summary_page(pdf: PdfPages, x: Export) -> None:
                     transform=ax.transAxes, fontsize=9)
     else:
         _empty(ax, "No experiments matched")
+    means = dimension_means(x.experiments)
+    if means:
+        ax.text(0, 0.45, "Mean quality per dimension", transform=ax.transAxes, fontsize=12, weight="bold")
+        dims = ax.table(cellText=[[k, f"{v:.1f}"] for k, v in means.items()], colLabels=["dimension", "mean"],
+                        bbox=(0, 0.42 - 0.03 * (len(means) + 1), 0.5, 0.03 * (len(means) + 1)), cellLoc="left")
+        dims.auto_set_font_size(False)
+        dims.set_fontsize(8)
     pdf.savefig(fig)
 
 
@@ -78,6 +89,7 @@ def _charts_page(pdf: PdfPages, x: Export) -> None:
         ax_dim.barh(names, [means[n] for n in names], color="#2e75b6")
         ax_dim.invert_yaxis()
         ax_dim.set_xlabel("mean score")
+        ax_dim.set_xlim(0, max(100.0, *means.values()))
     else:
         _empty(ax_dim, "No scored responses yet")
     ax_dim.set_title("Quality per dimension")
@@ -88,7 +100,7 @@ def _charts_page(pdf: PdfPages, x: Export) -> None:
         pts = [(i + 1, q) for i, q in enumerate(qs) if q is not None]
         if pts:
             ax_time.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=2, linewidth=1,
-                         label=textwrap.shorten(str(e.get("name", e.get("id"))), 20))
+                         label=_short(str(e.get("name", e.get("id"))), 24))
             plotted = True
     if plotted:
         ax_time.set_xlabel("response (generation order)")
@@ -108,7 +120,7 @@ def _charts_page(pdf: PdfPages, x: Export) -> None:
         _empty(ax_param, "No scored responses yet")
     ax_param.set_title("Parameter vs quality")
 
-    costs = [(textwrap.shorten(str(e.get("name", e.get("id"))), 14), float(e.get("total_cost") or 0))
+    costs = [(_short(str(e.get("name", e.get("id"))), 16), float(e.get("total_cost") or 0))
              for e in x.experiments[:20]]
     if costs and any(c for _, c in costs):
         ax_cost.bar(range(len(costs)), [c for _, c in costs], color="#548235")
@@ -124,7 +136,7 @@ def _charts_page(pdf: PdfPages, x: Export) -> None:
 def _record_page(pdf: PdfPages, x: Export) -> None:
     fig = Figure(figsize=A4)
     fig.text(0.08, 0.95, "Reproducibility record", fontsize=16, weight="bold")
-    lines = [f"{k}: {v}" for k, v in record_rows(x.record)]
+    lines = [f"{k}: {'null' if v is None else v}" for k, v in record_rows(x.record)]
     y = 0.91
     for line in lines[:70]:
         fig.text(0.08, y, textwrap.shorten(line, 110), fontsize=7, family="monospace")

@@ -94,13 +94,13 @@ def response_table(x: Export) -> tuple[list[str], list[list[Any]]]:
 
 
 def dimension_means(exps: list[dict[str, Any]]) -> dict[str, float]:
-    """Mean of each quality dimension over every scored response."""
+    """Mean of each quality dimension over every scored response (the overall figure is not a dimension)."""
     values: dict[str, list[float]] = {}
     for e in exps:
         for r in e.get("responses", []):
             for k, v in _metrics(r).items():
                 values.setdefault(k, []).append(v)
-    return {k: statistics.fmean(values[k]) for k in metric_keys(exps) if values.get(k)}
+    return {k: statistics.fmean(values[k]) for k in metric_keys(exps) if values.get(k) and k not in OVERALL_KEYS}
 
 
 def analysis_table(exps: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
