@@ -3,6 +3,7 @@ signed URLs, bad input in each family's shape (docs/files.md)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -54,6 +55,8 @@ async def test_openai_sdk_files_roundtrip(sdk):
     assert created.id in ids and tune.id not in ids
     page = sdk.files.list(limit=1)
     assert len(page.data) == 1 and page.has_more
+    after = sdk.files.list(limit=1, after=page.data[0].id)
+    assert after.data[0].id != page.data[0].id and after.data[0].created_at <= page.data[0].created_at
     assert sdk.files.retrieve(created.id).bytes == len(data)
     assert sdk.files.content(created.id).content == data
 
@@ -216,3 +219,39 @@ async def test_dataset_bad_input(http):
     assert r.status_code == 404
     r = await http.post(f"/datasets/{d['id']}/versions", json={"version": "1.0"})
     assert r.status_code == 422 and r.json()["error"] == "unprocessable_entity"
+
+
+async def test_half_finished_upload_leaves_nothing(http, platform):
+    d = await create_dataset(http)
+    up = (await http.post(f"/datasets/{d['id']}/upload", json={"filename": "half.jsonl"})).json()
+    row = json.dumps({"id": "1", "question": "q", "answer": "a"}).encode() + b"\n"
+
+    async def dies_midway():
+        for _ in range(64):
+            yield row * 2000
+        raise ConnectionError("the client went away")
+
+    async with httpx.AsyncClient(timeout=60) as anonymous:
+        with pytest.raises(ConnectionError):
+            await anonymous.put(up["upload_url"], content=dies_midway(), headers={"content-type": "application/jsonl"})
+    for _ in range(50):  # the service sees the reset a moment later
+        tmp = list((platform_root() / ".data" / "files" / ".tmp").glob("*"))
+        if not tmp:
+            break
+        await asyncio.sleep(0.1)
+    assert not tmp, "a partial upload was left in the store"
+    assert (await http.get(f"/datasets/{d['id']}")).json()["size_bytes"] is None
+    assert (await http.get(f"/datasets/{d['id']}/download")).status_code == 404
+    # the interrupted PUT gives its slot back once the service has cleaned up
+    for _ in range(50):
+        r = await put(up["upload_url"], row)
+        if r.status_code != 409:
+            break
+        await asyncio.sleep(0.1)
+    assert r.status_code == 200, r.text
+
+
+def platform_root():
+    import pathlib
+
+    return pathlib.Path(__file__).resolve().parents[2]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
@@ -46,9 +47,12 @@ class TransferServicer(pb_grpc.TransferServiceServicer):
         slot = await self._d.repo.get_transfer(first.token, "upload")
         if slot is None:
             raise _gone()
-        if not await self._d.repo.use_upload_slot(slot.token):
-            raise AlreadyExists("This upload URL was already used; ask for a new one")
+        # The claim runs apart from this RPC: a client that goes away cancels the RPC at any await, even while the
+        # claim is being written, and a claimed slot must then be given back (the same URL may be retried).
+        claim = asyncio.ensure_future(self._d.repo.use_upload_slot(slot.token))
         try:
+            if not await asyncio.shield(claim):
+                raise AlreadyExists("This upload URL was already used; ask for a new one")
             dataset = await self._d.repo.get_dataset(None, slot.target_id)
             if dataset is None:
                 raise _gone()
@@ -66,7 +70,7 @@ class TransferServicer(pb_grpc.TransferServiceServicer):
                              "errors": [f"row {n}: {r}" if n else r for n, r in getattr(exc.checker, "failures", [])]},
                 ) from None
         except BaseException:
-            await self._d.repo.release_upload_slot(slot.token)
+            await asyncio.shield(self._give_back(claim, slot.token))
             raise
         content_type = first.http_body.content_type or slot.content_type
         try:
@@ -81,6 +85,15 @@ class TransferServicer(pb_grpc.TransferServiceServicer):
         return pb.PutSignedUploadResponse(target="dataset", target_id=dataset.id, filename=slot.filename,
                                           content_type=content_type, size_bytes=stored.size,
                                           row_count=value(stored.rows))
+
+    async def _give_back(self, claim: asyncio.Future[bool], token: str) -> None:
+        """Release the slot if this request claimed it."""
+        try:
+            claimed = await claim
+        except Exception:
+            return
+        if claimed:
+            await self._d.repo.release_upload_slot(token)
 
     async def GetSignedDownload(self, request: pb.GetSignedDownloadRequest, context: Any
                                 ) -> AsyncIterator[httpbody_pb2.HttpBody]:
