@@ -18,6 +18,7 @@ from .tables import Export, analysis_table, dimension_means, overall, record_row
 
 A4 = (8.27, 11.69)
 MAX_TABLE_ROWS = 30
+ROW_H = 0.022  # a table row's height, as a share of the page's axes
 
 
 def _short(text: str, n: int) -> str:
@@ -57,21 +58,23 @@ def _summary_page(pdf: PdfPages, x: Export) -> None:
     idx = [headers.index(c) for c in cols]
     cells = [[("" if r[i] is None else textwrap.shorten(str(r[i]), 28)) for i in idx] for r in rows[:MAX_TABLE_ROWS]]
     if cells:
+        height = ROW_H * (len(cells) + 1)
         table = ax.table(cellText=cells, colLabels=["id", "name", "responses", "quality", "sd", "latency ms", "cost $"],
-                         loc="upper center", cellLoc="left")
+                         bbox=(0, 0.98 - height, 1, height), cellLoc="left")
         table.auto_set_font_size(False)
         table.set_fontsize(8)
-        table.scale(1, 1.4)
         if len(rows) > MAX_TABLE_ROWS:
-            ax.text(0, 0.02, f"… and {len(rows) - MAX_TABLE_ROWS} more experiments (see the XLSX export)",
-                    transform=ax.transAxes, fontsize=9)
+            ax.text(0, 0.98 - height - 0.025, f"… and {len(rows) - MAX_TABLE_ROWS} more experiments (see the XLSX "
+                    "export)", transform=ax.transAxes, fontsize=9)
     else:
         _empty(ax, "No experiments matched")
     means = dimension_means(x.experiments)
     if means:
-        ax.text(0, 0.45, "Mean quality per dimension", transform=ax.transAxes, fontsize=12, weight="bold")
+        top = 0.98 - ROW_H * (len(cells) + 1) - (0.09 if len(rows) > MAX_TABLE_ROWS else 0.06)
+        ax.text(0, top, "Mean quality per dimension", transform=ax.transAxes, fontsize=12, weight="bold")
+        height = ROW_H * (len(means) + 1)
         dims = ax.table(cellText=[[k, f"{v:.1f}"] for k, v in means.items()], colLabels=["dimension", "mean"],
-                        bbox=(0, 0.42 - 0.03 * (len(means) + 1), 0.5, 0.03 * (len(means) + 1)), cellLoc="left")
+                        bbox=(0, top - 0.02 - height, 0.5, height), cellLoc="left")
         dims.auto_set_font_size(False)
         dims.set_fontsize(8)
     pdf.savefig(fig)
