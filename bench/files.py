@@ -220,11 +220,11 @@ async def main() -> int:
                     out += await transfer_bench(backend, env, path, sha)
             else:
                 out += await transfer_bench(backend, env, path, sha)
-            print("\n".join(out), flush=True)
+            print(f"{backend} done", flush=True)
     out += ["", f"## Export of one experiment with {args.responses} responses", "",
             "| format | responses | seconds | file_size |", "|---|---|---|---|"]
     out += await export_bench(args.responses)
-    print("\n".join(out[-7:]))
+    print("\n".join(out))
     return 0
 
 

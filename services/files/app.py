@@ -43,4 +43,8 @@ SPEC = ServiceSpec(
     settings_cls=FilesSettings,
     migrations=pathlib.Path(__file__).parent / "migrations",
     uses_redis=False,
+    # Without BDP probing a stream's HTTP/2 receive window stays small, so a client that uploads faster than the
+    # service checks rows waits in flow control instead of being buffered here: a 200 MB dataset PUT grew the
+    # service's RSS by 92 MB with probing and by 5.5 MB without (bench/files.py, docs/files.md).
+    server_options=(("grpc.http2.bdp_probe", 0),),
 )
