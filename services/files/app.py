@@ -7,6 +7,7 @@ import pathlib
 from llmlab.runtime import ServiceApp, ServiceSpec
 
 from .blobstore import open_store
+from .exports.jobs import ExportJobs
 from .repository import FilesRepository
 from .servicers.common import Deps
 from .servicers.datasets import DatasetServicer
@@ -26,13 +27,16 @@ async def setup(app: ServiceApp) -> None:
     store = await open_store(settings)
     app.on_stop(store.close)
     deps = Deps(repo=repo, store=store, signer=Signer(secret.encode()), settings=settings)
+    jobs = ExportJobs(deps, app.channel("inference"))
+    await jobs.sweep()
+    app.on_stop(jobs.close)
     app.serve_package(
         "llmlab.files.v1",
         {
             "FileService": FileServicer(deps),
             "DatasetService": DatasetServicer(deps),
             "TransferService": TransferServicer(deps),
-            "ExportService": ExportServicer(deps, app.channel("experiments"), app.channel("inference")),
+            "ExportService": ExportServicer(deps, app.channel("experiments"), jobs),
         },
     )
 

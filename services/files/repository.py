@@ -77,6 +77,28 @@ class TransferRow:
     used_at: dt.datetime | None
 
 
+@dataclass
+class ExportRow:
+    id: str
+    owner_id: str
+    kind: str
+    format: str
+    blob_key: str
+    filename: str
+    content_type: str
+    token: str
+    status: str = "running"
+    progress: int = 0
+    size_bytes: int | None = None
+    error: str | None = None
+
+
+def _export(r: asyncpg.Record) -> ExportRow:
+    d = {k: r[k] for k in ExportRow.__dataclass_fields__}
+    d["id"] = str(d["id"])
+    return ExportRow(**d)
+
+
 def _file(r: asyncpg.Record) -> FileRow:
     return FileRow(**{k: r[k] for k in FileRow.__dataclass_fields__})
 
@@ -237,12 +259,33 @@ class FilesRepository:
         await self._pool.execute("UPDATE transfers SET used_at = NULL WHERE token = $1", token)
 
     # -- exports ------------------------------------------------------------------------------------------
-    async def insert_export(self, owner: str, kind: str, fmt: str, blob_key: str, filename: str,
-                            content_type: str, size_bytes: int, record: dict[str, Any]) -> str:
-        export_id = uuid.uuid4()
+    async def insert_export(self, e: ExportRow) -> None:
         await self._pool.execute(
-            """INSERT INTO exports (id, owner_id, kind, format, blob_key, filename, content_type, size_bytes, record)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)""",
-            export_id, owner, kind, fmt, blob_key, filename, content_type, size_bytes, json.dumps(record),
+            """INSERT INTO exports (id, owner_id, kind, format, blob_key, filename, content_type, token, status,
+                                    progress) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running', $9)""",
+            uuid.UUID(e.id), e.owner_id, e.kind, e.format, e.blob_key, e.filename, e.content_type, e.token, e.progress,
         )
-        return str(export_id)
+
+    async def update_export(self, export_id: str, *, status: str = "running", progress: int,
+                            size_bytes: int | None = None, record: dict[str, Any] | None = None,
+                            error: str | None = None) -> None:
+        await self._pool.execute(
+            """UPDATE exports SET status = $2, progress = $3, size_bytes = coalesce($4, size_bytes),
+                      record = coalesce($5::jsonb, record), error = $6, updated_at = now() WHERE id = $1""",
+            uuid.UUID(export_id), status, progress, size_bytes, json.dumps(record) if record is not None else None,
+            error,
+        )
+
+    async def get_export(self, owner: str | None, export_id: str) -> ExportRow | None:
+        r = await self._pool.fetchrow(f"SELECT * FROM exports WHERE {_OWNER} AND id = $2", owner,
+                                      uuid.UUID(export_id))
+        return _export(r) if r else None
+
+    async def fail_abandoned_exports(self, older_than_s: int) -> int:
+        """Jobs whose replica stopped (no progress for `older_than_s`) are marked failed."""
+        return await self._pool.fetchval(
+            """WITH failed AS (UPDATE exports SET status = 'failed', error = 'interrupted', updated_at = now()
+                               WHERE status = 'running' AND updated_at < now() - make_interval(secs => $1)
+                               RETURNING 1) SELECT count(*) FROM failed""",
+            older_than_s,
+        )

@@ -34,6 +34,8 @@ class FilesSettings(ServiceSettings):
     max_file_bytes: int = 512 * MIB
     # Bytes per streamed download message.
     chunk_bytes: int = 1 * MIB
+    # Exports of more responses than this run as background jobs with progress (GET /api/export/jobs/{id}).
+    export_job_responses: int = 5000
 
     def __post_init__(self) -> None:
         problems = []
@@ -41,7 +43,7 @@ class FilesSettings(ServiceSettings):
             problems.append(f"LLMLAB_FILES_BLOB_BACKEND={self.blob_backend!r} must be fs or s3")
         if self.signing_secret and len(self.signing_secret) < 32:
             problems.append("LLMLAB_FILES_SIGNING_SECRET must have at least 32 characters")
-        for name in ("url_ttl_seconds", "max_file_bytes", "chunk_bytes"):
+        for name in ("url_ttl_seconds", "max_file_bytes", "chunk_bytes", "export_job_responses"):
             if getattr(self, name) <= 0:
                 problems.append(f"LLMLAB_FILES_{name.upper()} must be positive")
         if self.public_url and not self.public_url.startswith(("http://", "https://")):

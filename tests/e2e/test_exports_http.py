@@ -176,3 +176,44 @@ async def test_export_bad_input(http, experiments):
     lab_error(await http.post("/api/export/reports", json={"report_type": "quality_analysis"}), 400)
     lab_error(await http.post("/api/export/reports", json={"report_type": "quality_analysis",
                                                            "date_range": {"from": "2024-13-01", "to": "x"}}), 400)
+
+
+async def test_large_export_runs_as_a_job_with_progress(http, platform):
+    """More responses than the job threshold (LLMLAB_FILES_EXPORT_JOB_RESPONSES, 5000): the answer comes at once,
+    the job reports progress, and the URL serves the file once it is done."""
+    import asyncio
+
+    import asyncpg
+
+    conn = await asyncpg.connect(platform.database_url)
+    await conn.execute(f"SET search_path TO {platform.schema('experiments')}")
+    try:
+        exp_id = await make_experiment(http, conn, "Large export", 0.5, 0)
+        await conn.executemany(
+            """INSERT INTO responses (experiment_id, content, quality_metrics, overall_quality, response_time_ms,
+                                      token_count, cost) VALUES ($1, $2, $3::jsonb, $4, 100, 10, 0.0001)""",
+            [(exp_id, f"r{i}", json.dumps({"coherence": 80.0, "overall_quality": 80.0}), 80.0) for i in range(5001)])
+    finally:
+        await conn.close()
+    r = await http.get(f"/api/export/experiment/{exp_id}", params={"format": "xlsx"})
+    assert r.status_code == 200, r.text
+    data = r.json()["data"]
+    assert data["status"] in ("running", "completed") and data["job_id"] and 0 <= data["progress"] <= 100
+    async with httpx.AsyncClient(timeout=60) as anonymous:
+        early = await anonymous.get(data["export_url"])
+    assert early.status_code in (200, 409), early.text
+    if early.status_code == 409:
+        assert early.json()["error"] == "export_not_ready" and "% done" in early.json()["message"]
+    seen = []
+    for _ in range(300):
+        job = (await http.get(f"/api/export/jobs/{data['job_id']}")).json()["data"]
+        seen.append(job["progress"])
+        if job["status"] != "running":
+            break
+        await asyncio.sleep(0.2)
+    assert job["status"] == "completed" and job["progress"] == 100 and job["file_size"], job
+    assert seen == sorted(seen)
+    with zipfile.ZipFile(io.BytesIO((await download(job["export_url"])).content)) as z:
+        assert any(n.startswith("xl/charts/chart") for n in z.namelist())
+    r = await http.get("/api/export/jobs/00000000-0000-4000-8000-000000000000")
+    assert r.status_code == 404 and r.json()["success"] is False

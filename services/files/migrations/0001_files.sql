@@ -75,6 +75,7 @@ CREATE TABLE transfers (
 );
 CREATE INDEX transfers_expiry ON transfers (expires_at);
 
+-- An export is a job: rendered at once when small, in the background when large (docs/files.md "Export jobs").
 CREATE TABLE exports (
     id uuid PRIMARY KEY,
     owner_id text NOT NULL,
@@ -83,7 +84,13 @@ CREATE TABLE exports (
     blob_key text NOT NULL,
     filename text NOT NULL,
     content_type text NOT NULL,
-    size_bytes bigint NOT NULL,
-    record jsonb NOT NULL,                     -- the reproducibility record written into the file
-    created_at timestamptz NOT NULL DEFAULT now()
+    token text NOT NULL,                       -- the download transfer that serves it
+    status text NOT NULL CHECK (status IN ('running', 'completed', 'failed')),
+    progress integer NOT NULL DEFAULT 0,
+    size_bytes bigint,
+    record jsonb,                              -- the reproducibility record written into the file
+    error text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
 );
+CREATE INDEX exports_running ON exports (updated_at) WHERE status = 'running';

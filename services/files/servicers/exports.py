@@ -2,65 +2,43 @@
 
 from __future__ import annotations
 
-import asyncio
-import uuid
-from collections.abc import Callable
 from typing import Any
 
 import grpc
 
 from llmlab.files.v1 import exports_service_pb2 as pb
 from llmlab.files.v1 import exports_service_pb2_grpc as pb_grpc
-from llmlab.runtime import validation_error
-from llmlab.runtime.envelope import meta, utcnow
+from llmlab.runtime import NotFound, validation_error
+from llmlab.runtime.envelope import meta
 
 from .. import domain
 from ..exports import source
-from ..exports.pdf import render_pdf
-from ..exports.tables import Export, reproducibility
-from ..exports.tabular import render_csv, render_json
-from ..exports.xlsx import render_xlsx
-from ..repository import TransferRow
-from ..signing import new_token
+from ..exports.jobs import ExportJobs
+from ..exports.tables import Export
+from ..repository import ExportRow
 from .common import Deps, base_url, expiry, owner_id
 
-RENDERERS: dict[str, tuple[Callable[[Export], bytes], str]] = {
-    "json": (render_json, "application/json"),
-    "csv": (render_csv, "text/csv; charset=utf-8"),
-    "xlsx": (render_xlsx, "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"),
-    "pdf": (render_pdf, "application/pdf"),
-}
 SYSTEM_OWNER = "system"
 
 
 class ExportServicer(pb_grpc.ExportServiceServicer):
-    def __init__(self, deps: Deps, experiments: grpc.aio.Channel, inference: grpc.aio.Channel) -> None:
+    def __init__(self, deps: Deps, experiments: grpc.aio.Channel, jobs: ExportJobs) -> None:
         self._d = deps
         self._experiments = experiments
-        self._inference = inference
+        self._jobs = jobs
 
-    async def _record(self, exps: list[dict[str, Any]], options: dict[str, Any]) -> dict[str, Any]:
-        models, engine = await source.model_facts(self._inference, [e.get("model", "") for e in exps])
-        return reproducibility(exps, models, engine, options)
+    def _data(self, row: ExportRow, context: Any) -> pb.ExportData:
+        """§8.1's object for an export in any state; the URL is signed afresh each time it is asked for."""
+        expires, expires_at, _ = expiry(self._d.settings)
+        url = self._d.signer.download_url(base_url(self._d.settings, context), row.token, row.filename, expires)
+        return pb.ExportData(export_url=url, expires_at=expires_at,
+                             file_size=domain.human_size(row.size_bytes) if row.size_bytes is not None else "",
+                             format=row.format, job_id=row.id, status=row.status, progress=row.progress)
 
-    async def _publish(self, x: Export, fmt: str, stem: str, context: Any) -> pb.ExportData:
-        render, content_type = RENDERERS[fmt]
-        # Rendering is CPU work (charts, zip): off the event loop, so other RPCs keep being served.
-        content = await asyncio.to_thread(render, x)
-        filename = f"{stem}_{utcnow():%Y%m%d}.{fmt}"
-        export_key = f"exports/{uuid.uuid4().hex}/{filename}"
-        await self._d.store.put(export_key, content)
-        export_id = await self._d.repo.insert_export(owner_id() or SYSTEM_OWNER, x.kind, fmt, export_key, filename,
-                                                     content_type, len(content), x.record)
-        expires, expires_at, at = expiry(self._d.settings)
-        token = new_token()
-        await self._d.repo.insert_transfer(TransferRow(
-            token=token, direction="download", target="export", target_id=export_id, blob_key=export_key,
-            filename=filename, content_type=content_type, expires_at=at, used_at=None,
-        ))
-        url = self._d.signer.download_url(base_url(self._d.settings, context), token, filename, expires)
-        return pb.ExportData(export_url=url, expires_at=expires_at, file_size=domain.human_size(len(content)),
-                             format=fmt)
+    async def _publish(self, x: Export, fmt: str, stem: str, options: dict[str, Any], context: Any
+                       ) -> pb.ExportData:
+        row = await self._jobs.start(owner_id() or SYSTEM_OWNER, x, fmt, stem, options)
+        return self._data(row, context)
 
     async def ExportExperiment(self, request: pb.ExportExperimentRequest, context: Any
                                ) -> pb.ExportExperimentResponse:
@@ -73,8 +51,8 @@ class ExportServicer(pb_grpc.ExportServiceServicer):
         options = {"format": fmt, "include_responses": include_responses, "include_metrics": include_metrics}
         x = Export("experiment", f"Experiment {exp.get('id')}: {exp.get('name', '')}", [exp],
                    include_responses=include_responses, include_metrics=include_metrics,
-                   record=await self._record([exp], options), subtitle=f"model {exp.get('model', '')}")
-        data = await self._publish(x, fmt, f"experiment_{request.id}", context)
+                   subtitle=f"model {exp.get('model', '')}")
+        data = await self._publish(x, fmt, f"experiment_{request.id}", options, context)
         return pb.ExportExperimentResponse(success=True, data=data, meta=meta())
 
     async def ExportBatch(self, request: pb.ExportBatchRequest, context: Any) -> pb.ExportBatchResponse:
@@ -84,8 +62,8 @@ class ExportServicer(pb_grpc.ExportServiceServicer):
         exps = await source.experiments(self._experiments, ids)
         options = {"format": fmt, "experiment_ids": ids, "include_analysis": include_analysis}
         x = Export("batch", f"Experiments {', '.join(map(str, ids[:10]))}{' …' if len(ids) > 10 else ''}", exps,
-                   include_analysis=include_analysis, record=await self._record(exps, options))
-        data = await self._publish(x, fmt, f"experiments_{len(ids)}", context)
+                   include_analysis=include_analysis)
+        data = await self._publish(x, fmt, f"experiments_{len(ids)}", options, context)
         return pb.ExportBatchResponse(success=True, data=data, meta=meta())
 
     async def GenerateReport(self, request: pb.GenerateReportRequest, context: Any) -> pb.GenerateReportResponse:
@@ -107,6 +85,12 @@ class ExportServicer(pb_grpc.ExportServiceServicer):
                    "date_range": {"from": start or None, "to": end or None} if has_range else None}
         subtitle = f"{start or '…'} to {end or '…'}" if has_range else f"{len(ids)} experiment(s)"
         x = Export("report", "Quality analysis report", exps, include_responses=False, include_analysis=True,
-                   record=await self._record(exps, options), subtitle=subtitle)
-        data = await self._publish(x, fmt, report_type, context)
+                   subtitle=subtitle)
+        data = await self._publish(x, fmt, report_type, options, context)
         return pb.GenerateReportResponse(success=True, data=data, meta=meta())
+
+    async def GetExportJob(self, request: pb.GetExportJobRequest, context: Any) -> pb.GetExportJobResponse:
+        row = await self._jobs.get(owner_id(), domain.dataset_uuid(request.job_id, "job_id"))
+        if row is None:
+            raise NotFound(f"Export job {request.job_id} not found", reason="EXPORT_NOT_FOUND")
+        return pb.GetExportJobResponse(success=True, data=self._data(row, context), meta=meta())

@@ -11,7 +11,7 @@ from google.api import httpbody_pb2
 
 from llmlab.files.v1 import transfers_service_pb2 as pb
 from llmlab.files.v1 import transfers_service_pb2_grpc as pb_grpc
-from llmlab.runtime import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
+from llmlab.runtime import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from llmlab.runtime.envelope import value
 
 from .. import rows
@@ -101,6 +101,13 @@ class TransferServicer(pb_grpc.TransferServiceServicer):
         grant = await self._d.repo.get_transfer(request.token, "download")
         if grant is None or grant.blob_key is None:
             raise _gone()
+        if grant.target == "export":
+            export = await self._d.repo.get_export(None, grant.target_id)
+            if export is not None and export.status == "running":
+                raise AlreadyExists(f"The export is still being prepared ({export.progress}% done); try again shortly",
+                                    reason="EXPORT_NOT_READY", metadata={"progress": export.progress})
+            if export is not None and export.status == "failed":
+                raise FailedPrecondition("The export failed; ask for a new one")
         first = True
         try:
             async for chunk in self._d.store.read(grant.blob_key, self._d.settings.chunk_bytes):
