@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -23,11 +23,10 @@ class Part:
     name: str
     filename: str | None
     content_type: str
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 def boundary_of(content_type: str) -> bytes:
-    kind, options = parse_options_header(content_type or "")
+    kind, options = parse_options_header((content_type or "").encode("utf-8", "replace"))
     if kind != b"multipart/form-data" or not options.get(b"boundary"):
         raise validation_error("Content-Type", content_type, "must be multipart/form-data with a boundary",
                                message="The body must be multipart/form-data (parts `file` and `purpose`)")
@@ -42,7 +41,7 @@ class MultipartReader:
         self._events: collections.deque[tuple[str, object]] = collections.deque()
         self._field = bytearray()
         self._value = bytearray()
-        self._headers: dict[str, str] = {}
+        self._headers: dict[str, bytes] = {}
         self._in_part = False
         self._source_done = False
         self._finished = False
@@ -64,7 +63,9 @@ class MultipartReader:
         self._finished = True
 
     def _header_end(self) -> None:
-        self._headers[self._field.decode("latin-1").lower()] = self._value.decode("utf-8", "replace")
+        # Values stay bytes: parse_options_header encodes a str as latin-1 and fails on other characters (a part
+        # name in UTF-8, found by the fuzz suite); names and filenames are decoded once parsed.
+        self._headers[self._field.decode("latin-1").lower()] = bytes(self._value)
         self._field.clear()
         self._value.clear()
 
@@ -103,13 +104,13 @@ class MultipartReader:
             if kind == "part":
                 assert isinstance(payload, dict)
                 self._in_part = True
-                _, options = parse_options_header(payload.get("content-disposition", ""))
+                _, options = parse_options_header(payload.get("content-disposition", b""))
                 filename = options.get(b"filename")
+                content_type = payload.get("content-type", b"application/octet-stream")
                 return Part(
                     name=options.get(b"name", b"").decode("utf-8", "replace"),
                     filename=filename.decode("utf-8", "replace") if filename is not None else None,
-                    content_type=payload.get("content-type", "application/octet-stream"),
-                    headers=payload,
+                    content_type=content_type.decode("utf-8", "replace").strip() or "application/octet-stream",
                 )
             if kind == "end":
                 self._in_part = False

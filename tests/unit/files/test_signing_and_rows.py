@@ -122,9 +122,20 @@ async def test_multipart_reader_streams_parts():
     assert await reader.next_part() is None
 
 
+async def test_multipart_reader_takes_utf8_in_headers():
+    raw = ('--XX\r\nContent-Disposition: form-data; name="\U0009eb9ay"; filename="données.jsonl"\r\n\r\nx\r\n'
+           "--XX--\r\n").encode()
+    reader = MultipartReader(body([raw]), "multipart/form-data; boundary=XX")
+    part = await reader.next_part()
+    assert (part.name, part.filename, part.content_type) == ("\U0009eb9ay", "données.jsonl", "application/octet-stream")
+
+
 async def test_multipart_reader_refuses_bad_bodies():
-    with pytest.raises(InvalidArgument):
-        MultipartReader(body([b""]), "text/plain")
+    for content_type in ("text/plain", "multipart/form-data"):
+        with pytest.raises(InvalidArgument):
+            MultipartReader(body([b""]), content_type)
+    with pytest.raises(InvalidArgument):  # a boundary outside latin-1 is read, then the body does not match it
+        await MultipartReader(body([b"x"]), "multipart/form-data; boundary=\u2603").next_part()
     reader = MultipartReader(body([b"--XX\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nabc"]),
                              "multipart/form-data; boundary=XX")
     await reader.next_part()
