@@ -82,7 +82,7 @@ def offset_of(offset: int | None) -> int:
     return offset
 
 
-def dataset_uuid(value: str, field: str = "dataset_id") -> str:
+def parse_uuid(value: str, field: str = "dataset_id") -> str:
     try:
         return str(uuid.UUID(value))
     except ValueError:

@@ -72,7 +72,7 @@ class DatasetServicer(pb_grpc.DatasetServiceServicer):
         self._d = deps
 
     async def _get(self, dataset_id: str) -> DatasetRow:
-        dataset_id = domain.dataset_uuid(dataset_id)
+        dataset_id = domain.parse_uuid(dataset_id)
         row = await self._d.repo.get_dataset(owner_id(), dataset_id)
         if row is None:
             raise domain.dataset_not_found(dataset_id)

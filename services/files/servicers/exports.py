@@ -90,7 +90,7 @@ class ExportServicer(pb_grpc.ExportServiceServicer):
         return pb.GenerateReportResponse(success=True, data=data, meta=meta())
 
     async def GetExportJob(self, request: pb.GetExportJobRequest, context: Any) -> pb.GetExportJobResponse:
-        row = await self._jobs.get(owner_id(), domain.dataset_uuid(request.job_id, "job_id"))
+        row = await self._jobs.get(owner_id(), domain.parse_uuid(request.job_id, "job_id"))
         if row is None:
             raise NotFound(f"Export job {request.job_id} not found", reason="EXPORT_NOT_FOUND")
         return pb.GetExportJobResponse(success=True, data=self._data(row, context), meta=meta())
