@@ -130,7 +130,7 @@ def transcoded_services(descriptor_bytes: bytes) -> list[TranscodedService]:
                     f"{f.package}.{svc.name} ({f.name}) has google.api.http rules but its package is not "
                     f"llmlab.<svc>.v1 for a gateway cluster ({', '.join(SERVICES)})"
                 )
-            streaming = tuple(meth.name for meth in svc.method if meth.server_streaming)
+            streaming = tuple(meth.name for meth in svc.method if meth.server_streaming or meth.client_streaming)
             found.append(TranscodedService(f"{f.package}.{svc.name}", m.group(1), streaming))
     if not found:
         raise ValueError("the descriptor set has no service with google.api.http rules")
@@ -344,7 +344,9 @@ def _access_log() -> list[dict]:
         "request_id": "%REQ(X-REQUEST-ID)%",
         "trace_id": "%TRACE_ID%",
         "method": "%REQ(X-ENVOY-ORIGINAL-METHOD?:METHOD)%",
-        "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+        # Without the query: signed upload/download URLs carry their signature there (docs/files.md), and a
+        # token without its signature opens nothing.
+        "path": "%REQ_WITHOUT_QUERY(X-ENVOY-ORIGINAL-PATH?:PATH)%",
         "rpc": "%REQ(:PATH)%",
         "status": "%RESPONSE_CODE%",
         "flags": "%RESPONSE_FLAGS%",
@@ -362,7 +364,16 @@ def _access_log() -> list[dict]:
             "name": "envoy.access_loggers.stdout",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
-                "log_format": {"json_format": fmt},
+                "log_format": {
+                    "json_format": fmt,
+                    "formatters": [{
+                        "name": "envoy.formatter.req_without_query",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.formatter.req_without_query.v3"
+                                     ".ReqWithoutQuery",
+                        },
+                    }],
+                },
             },
         }
     ]
@@ -498,6 +509,11 @@ def build(cfg: GatewayConfig) -> dict:
                     "name": "llmlab",
                     "domains": ["*"],
                     "typed_per_filter_config": {"envoy.filters.http.cors": _cors(cfg)},
+                    # The files service writes absolute signed URLs for the address the client used.
+                    "request_headers_to_add": [{
+                        "header": {"key": "x-forwarded-host", "value": "%REQ(:AUTHORITY)%"},
+                        "append_action": "OVERWRITE_IF_EXISTS_OR_ADD",
+                    }],
                     "routes": _routes(cfg, services, upload_transcoder),
                 }
             ],

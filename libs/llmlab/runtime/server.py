@@ -51,6 +51,8 @@ class ServiceSpec:
     # on it. Without one the service creates no schema and opens no Postgres pool.
     migrations: pathlib.Path | None = None
     uses_redis: bool = True
+    # Extra grpc.aio server options of this service (e.g. flow control for streamed uploads).
+    server_options: tuple[tuple[str, Any], ...] = ()
 
 
 class _ServiceInfo(service_info_pb2_grpc.ServiceInfoServiceServicer):
@@ -198,6 +200,7 @@ class ServiceApp:
                 # as RESOURCE_EXHAUSTED, which clients saw as a 429 naming every internal header.
                 ("grpc.max_metadata_size", METADATA_BYTES),
                 ("grpc.absolute_max_metadata_size", METADATA_BYTES),
+                *self.spec.server_options,
             ],
         )
         await self.spec.setup(self)

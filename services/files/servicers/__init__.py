@@ -1,0 +1,1 @@
+"""The files service's gRPC servicers, one module per proto service: proto ⇄ domain translation only."""
