@@ -57,7 +57,9 @@ def parameters_pb(params: dict[str, Any]) -> epb.Parameters:
 
 
 def metrics_pb(r: ResponseRecord) -> pb.ResponseMetrics:
-    m = pb.ResponseMetrics(overall_quality=r.overall_quality, **r.quality_metrics)  # type: ignore[arg-type]
+    # Only the six dimensions: a stored metrics object may carry more (an older or imported row's overall score).
+    dims = {d: r.quality_metrics[d] for d in analysis.DIMENSIONS if d in (r.quality_metrics or {})}
+    m = pb.ResponseMetrics(overall_quality=r.overall_quality, **dims)
     if r.perplexity is not None:
         m.perplexity = r.perplexity
     if r.mean_logprob is not None:
