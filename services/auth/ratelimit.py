@@ -15,6 +15,7 @@ never admitted from a stale cache on any replica.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import uuid
 from dataclasses import dataclass
@@ -141,6 +142,12 @@ def _month_bounds(now: dt.datetime) -> tuple[str, int]:
     return now.strftime("%Y%m"), int(first_next.timestamp() * 1000)
 
 
+@functools.lru_cache(maxsize=4)
+def _month_of_minute(minute: int) -> tuple[str, int]:
+    """_month_bounds of a whole UTC minute (months start on a minute): computed once a minute, not per request."""
+    return _month_bounds(dt.datetime.fromtimestamp(minute * 60, dt.UTC))
+
+
 class RateLimiter:
     """The Redis side of limits: admission checks, token accounting, login attempts."""
 
@@ -158,7 +165,7 @@ class RateLimiter:
     def _token_keys(self, principal: Principal, now_ms: int) -> list[tuple[str, str, int, int]]:
         """(scope, name, counter key, bucket end ms) of each token counter of the principal at `now_ms`."""
         minute = now_ms // MINUTE_MS
-        month, month_end = _month_bounds(dt.datetime.fromtimestamp(now_ms / 1000, dt.UTC))
+        month, month_end = _month_of_minute(minute)
         scopes = ["key", "user"] if principal.key_id else ["user"]
         out = []
         for scope in scopes:
