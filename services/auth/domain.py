@@ -306,10 +306,6 @@ class Auth:
         log.info("api key revoked", key_id=key_id)
 
     # -- per request: who is calling, may they, within which limits -------------------------------------------
-    async def authenticate(self, credential: str) -> Identity:
-        """The identity of a credential, read now (not from this replica's memory)."""
-        return (await self._verify(credential, self.digest.digest(credential))).identity
-
     async def _verify(self, credential: str, digest: str) -> Verified:
         """Verify a credential: the user's revocation generation is read first, then the credential's state, so
         that a revocation landing in between leaves the entry at an older generation (stale at its first use)."""

@@ -198,7 +198,9 @@ class RateLimiter:
         return f"{redis_key(self._prefix, 'rl', '{' + user_id + '}')}:gen"
 
     async def generation(self, user_id: str) -> str:
-        return (await self._redis.get(self.generation_key(user_id))) or "0"
+        """The user's revocation generation now ("0" before any revocation)."""
+        raw = await self._redis.get(self.generation_key(user_id))
+        return raw.decode() if raw else "0"
 
     async def bump_generation(self, user_id: str) -> None:
         """After a revocation: every cached verification of the user's credentials is stale from now on."""
