@@ -4,7 +4,7 @@
 -- protos/README.md "Errors"), ext_authz denials and Envoy's own local replies. Successful responses are never
 -- buffered, so SSE streams through untouched.
 
-local NS = "llmlab.gateway"     -- dynamic metadata namespace (also read by the ratelimit descriptor)
+local NS = "llmlab.gateway"     -- dynamic metadata namespace (also sent to ext_authz: the family)
 -- Request limits, answered here in the family's shape. Envoy's own cap on all headers (render.py) is twice the
 -- header limit, so that what ext_authz adds to an accepted request still fits (past it: 500 ext_authz_invalid).
 local MAX_URL_BYTES = 8192      -- request path and query: 414 past it

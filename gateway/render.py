@@ -4,23 +4,21 @@ The REST surface is whatever the ``google.api.http`` rules in ``protos/`` say: t
 the per-service routes and the streaming routes (no overall timeout) are all read from the descriptor set, so a
 new annotated RPC needs no gateway edit.
 
-Filter order (as README.md's diagram shows it):
-lua errors -> health_check -> cors -> buffer -> ext_authz -> grpc_json_transcoder -> ratelimit -> router.
+Filter order (as README.md's diagram shows it; rate limits are decided inside ext_authz):
+lua errors -> health_check -> cors -> buffer -> ext_authz -> grpc_json_transcoder -> router.
 
 Contracts with the services:
 - ext_authz: ``envoy.service.auth.v3.Authorization/Check`` on the ``auth`` cluster sees every request except CORS
-  preflights and ``/healthz`` (public paths are the auth service's decision). Its allow answer may set
-  ``x-llmlab-*`` headers (``x-llmlab-principal``); client-sent ones are stripped before any filter runs. A denial body
-  should be a ``google.rpc.Status`` JSON (like ``convert_grpc_status`` writes) so it gets the family's error shape.
-- ratelimit: domain ``llmlab``, one descriptor per request with entries ``family`` (lab, research, serving,
-  native or ops; set by the Lua filter), ``path`` (the gRPC method path ``/llmlab.<svc>.v1.<Service>/<Method>``:
-  bounded, no ids or query strings), ``principal`` (``x-llmlab-principal``) and ``limits`` (``x-llmlab-limits``,
-  the principal's limits as ext_authz resolved them); without the last two there is no descriptor and no call
-  (public routes, unlimited principals). The service's answer carries the X-RateLimit-* headers itself (epoch
-  resets, the -Requests/-Tokens variants on /v1; docs/auth.md "Rate limits and quotas") and, when over the limit,
-  a google.rpc.Status body for the Lua filter.
-- ``auth=False`` (``--no-auth``) renders the same gateway without ext_authz and ratelimit: for measuring what they
-  cost (bench/auth.py), never for serving.
+  preflights and ``/healthz`` (public paths are the auth service's decision), with the request's method, path,
+  the Lua filter's ``family`` (lab, research, serving, native or ops) and only the credential headers. It is the one
+  call per request: it authenticates, checks the route's permission and, for a principal with limits, admits or
+  refuses the request in Redis (docs/auth.md). Its allow answer may set ``x-llmlab-*`` request headers
+  (``x-llmlab-principal``; client-sent ones are stripped before any filter runs) and the client's X-RateLimit-*
+  response headers (epoch resets, the -Requests/-Tokens variants on /v1; docs/auth.md). A denial (401, 403, 429)
+  carries a ``google.rpc.Status`` JSON body (like ``convert_grpc_status`` writes) so it gets the family's error shape.
+  Failing closed: when the auth service cannot answer, the request is refused with 503.
+- ``auth=False`` (``--no-auth``) renders the same gateway without ext_authz: for measuring what it costs
+  (bench/auth.py), never for serving.
 """
 
 from __future__ import annotations
@@ -50,7 +48,9 @@ MIB = 1024 * 1024
 UPLOAD_PREFIXES = ("/v1/files", "/files/uploads", "/uploads")
 LUA_NAMESPACE = "llmlab.gateway"  # dynamic metadata the Lua filter writes (family, request_id)
 PACKAGE_RE = re.compile(r"^llmlab\.([a-z0-9_]+)\.v1$")
-AUTH_FILTERS = ("envoy.filters.http.ext_authz", "envoy.filters.http.ratelimit")
+AUTH_FILTERS = ("envoy.filters.http.ext_authz",)
+# The only request headers ext_authz forwards to the auth service: the credentials (method and path travel apart).
+CREDENTIAL_HEADERS = ("authorization", "x-api-key")
 
 
 @dataclasses.dataclass
@@ -82,7 +82,7 @@ class GatewayConfig:
     otlp_endpoint: str | None = None  # "host:port" or "http://host:port" of an OTLP/gRPC collector
     trace_sampling_percent: float = 100.0
     access_log: bool = True
-    auth: bool = True  # ext_authz + ratelimit; False only for benchmarks
+    auth: bool = True  # ext_authz (authentication, permissions, rate limits); False only for benchmarks
 
     def __post_init__(self) -> None:
         if self.mode not in ("local", "kubernetes"):
@@ -223,28 +223,6 @@ def _transcoder(descriptor: str, services: list[TranscodedService], max_body: in
     }
 
 
-def _rate_limits() -> list[dict]:
-    return [
-        {
-            "actions": [
-                {
-                    "metadata": {
-                        "descriptor_key": "family",
-                        "source": "DYNAMIC",
-                        "default_value": "research",
-                        "metadata_key": {"key": LUA_NAMESPACE, "path": [{"key": "family"}]},
-                    }
-                },
-                {"request_headers": {"header_name": ":path", "descriptor_key": "path"}},
-                # Without these two headers (public routes, principals without limits) no descriptor is made and
-                # the rate-limit service is not called at all.
-                {"request_headers": {"header_name": "x-llmlab-principal", "descriptor_key": "principal"}},
-                {"request_headers": {"header_name": "x-llmlab-limits", "descriptor_key": "limits"}},
-            ]
-        }
-    ]
-
-
 def _routes(cfg: GatewayConfig, services: list[TranscodedService], upload_transcoder: dict) -> list[dict]:
     routes: list[dict] = []
     unary_timeout = f"{cfg.unary_timeout_s:g}s"
@@ -261,7 +239,6 @@ def _routes(cfg: GatewayConfig, services: list[TranscodedService], upload_transc
                         "cluster": s.cluster,
                         "timeout": "0s",
                         "idle_timeout": idle,
-                        "rate_limits": _rate_limits(),
                     },
                 }
             )
@@ -269,7 +246,7 @@ def _routes(cfg: GatewayConfig, services: list[TranscodedService], upload_transc
             {
                 "name": s.full_name,
                 "match": {"prefix": f"/{s.full_name}/"},
-                "route": {"cluster": s.cluster, "timeout": unary_timeout, "rate_limits": _rate_limits()},
+                "route": {"cluster": s.cluster, "timeout": unary_timeout},
             }
         )
     # Any other gRPC path (internal services) is refused here; gRPC clients read 404 as UNIMPLEMENTED.
@@ -446,22 +423,11 @@ def build(cfg: GatewayConfig) -> dict:
                 "grpc_service": {"envoy_grpc": {"cluster_name": "auth"}, "timeout": "1s"},
                 # The Lua filter's `family`, so that a denial can be worded for the caller's API family.
                 "metadata_context_namespaces": [LUA_NAMESPACE],
+                # Only the credentials: every other header would be serialised and parsed for nothing.
+                "allowed_headers": {"patterns": [{"exact": h} for h in CREDENTIAL_HEADERS]},
             },
         },
         {"name": "envoy.filters.http.grpc_json_transcoder", "typed_config": transcoder},
-        {
-            "name": "envoy.filters.http.ratelimit",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
-                "domain": "llmlab",
-                "timeout": "0.25s",
-                "failure_mode_deny": False,
-                "rate_limit_service": {
-                    "transport_api_version": "V3",
-                    "grpc_service": {"envoy_grpc": {"cluster_name": "auth"}},
-                },
-            },
-        },
         {
             "name": "envoy.filters.http.router",
             # No x-envoy-upstream-service-time and friends on client responses: they describe our internals.
@@ -603,7 +569,7 @@ def render(cfg: GatewayConfig) -> str:
     """The Envoy config as YAML text."""
     header = [
         f"# Generated by gateway/render.py --mode {cfg.mode}; do not edit.",
-        "# Filters: lua errors, health_check, cors, buffer, ext_authz, grpc_json_transcoder, ratelimit, router.",
+        "# Filters: lua errors, health_check, cors, buffer, ext_authz, grpc_json_transcoder, router.",
     ]
     return "\n".join(header + _yaml(build(cfg))) + "\n"
 
@@ -652,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--otlp-endpoint")
     p.add_argument("--xff-num-trusted-hops", type=int, default=0)
     p.add_argument("--no-access-log", action="store_true")
-    p.add_argument("--no-auth", action="store_true", help="without ext_authz and ratelimit (benchmarks only)")
+    p.add_argument("--no-auth", action="store_true", help="without ext_authz (benchmarks only)")
     p.add_argument("--validate", action="store_true", help="check the result with envoy --mode validate")
     a = p.parse_args(argv)
     cfg = GatewayConfig(

@@ -1,4 +1,4 @@
-"""Wiring of the auth service: AuthService, Envoy's authorization and rate-limit protocols, the usage consumer."""
+"""Wiring of the auth service: AuthService, Envoy's authorization protocol (limits included), the usage consumer."""
 
 from __future__ import annotations
 
@@ -7,14 +7,13 @@ import pathlib
 import socket
 
 from envoy.service.auth.v3 import external_auth_pb2_grpc
-from envoy.service.ratelimit.v3 import rls_pb2_grpc
 
 from llmlab.runtime import ServiceApp, ServiceSpec
 from llmlab.runtime.streams import StreamConsumer
 
 from .credentials import AccessTokens, Passwords, SecretDigest, new_secret
 from .domain import Auth
-from .gateway import AuthorizationServicer, GatewayMetrics, RateLimitServicer
+from .gateway import AuthorizationServicer, GatewayMetrics
 from .repository import AuthRepository
 from .routes import RouteTable, load_routes
 from .servicer import AuthServicer
@@ -45,11 +44,6 @@ async def setup(app: ServiceApp) -> None:
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server,
         AuthorizationServicer(auth, metrics),
         "envoy.service.auth.v3.Authorization",
-    )
-    app.add_servicer(
-        rls_pb2_grpc.add_RateLimitServiceServicer_to_server,
-        RateLimitServicer(auth, metrics),
-        "envoy.service.ratelimit.v3.RateLimitService",
     )
     app.serve_package("llmlab.auth.v1", {"AuthService": AuthServicer(auth)})
     assert app.redis is not None

@@ -13,7 +13,7 @@ import asyncpg
 import redis.asyncio as redis
 import structlog
 
-from llmlab.runtime import NotFound, PermissionDenied, ResourceExhausted, Unauthenticated
+from llmlab.runtime import NotFound, PermissionDenied, ResourceExhausted, Unauthenticated, Unavailable
 from llmlab.runtime.context import ADMIN, Principal
 from llmlab.runtime.redis_client import key as redis_key
 
@@ -21,7 +21,7 @@ from . import credentials
 from .credentials import AccessTokens, InvalidToken, Passwords, SecretDigest
 from .keys import FORBIDDEN, Bounds, grant, key_request
 from .limits import Limits, Tier, cap, tier
-from .ratelimit import RateLimiter
+from .ratelimit import Decision, RateLimiter, StaleGeneration
 from .repository import AuthRepository, KeyRow, UserRow
 from .routes import PUBLIC_PATHS, Route, RouteTable
 from .settings import AuthSettings
@@ -32,6 +32,10 @@ INVALID_TOKEN = "Invalid or expired authentication token"  # one wording for eve
 MISSING_TOKEN = "Missing authentication token: send Authorization: Bearer <token> or X-API-Key"
 # After a revocation the cache entry says so for this long; any fill that raced with the revocation loses.
 TOMBSTONE_SECONDS = 24 * 3600
+# Verified credentials a replica keeps in memory (the oldest go first past this many).
+LOCAL_CACHE_ENTRIES = 10_000
+# A check that keeps finding its user's revocation generation moved (revocations racing it) gives up: 503.
+STALE_RETRIES = 4
 
 
 class CredentialRejected(Unauthenticated):
@@ -76,10 +80,22 @@ class ApiKeyView:
 
 @dataclass(frozen=True)
 class Verdict:
-    """ext_authz's answer for an allowed request: the identity (None on public routes) and the route."""
+    """ext_authz's answer for a request that passed authentication and the permission check: the identity (None on
+    public routes), the route, and the rate-limit decision (None when nothing was limited: public or unknown
+    routes, unlimited principals). A refused decision means 429."""
 
     identity: Identity | None
     route: Route | None
+    decision: Decision | None = None
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A credential verified at its user's revocation generation, as a replica keeps it in memory."""
+
+    identity: Identity
+    generation: str
+    fresh_until: float  # time.monotonic(); after it the credential is read again from Redis / Postgres
 
 
 def bearer(authorization: str) -> str:
@@ -133,6 +149,10 @@ class Auth:
         self.limiter = RateLimiter(client, prefix)
         self._redis = client
         self._prefix = prefix
+        # digest of a credential -> its verification. Valid while the user's revocation generation in Redis is
+        # the one read before verifying: each use compares it (inside the admission script when limited).
+        self._verified: dict[str, Verified] = {}
+        self._key_owners: dict[str, str] = {}  # API-key digest -> user id (a key never changes owner)
 
     # -- the first admin ----------------------------------------------------------------------------------
     async def ensure_admin(self) -> None:
@@ -191,13 +211,14 @@ class Auth:
         again means it leaked (or the client raced itself): the whole family is revoked, access tokens too."""
         if not token:
             raise Unauthenticated("Invalid or expired refresh token")
-        reused = None
+        reused, reused_by = None, ""
         async with self.repo.transaction() as conn:
             row = await self.repo.claim_refresh_token(conn, self.digest.digest(token))
             if row is None or row.revoked_at is not None:
                 raise Unauthenticated("Invalid or expired refresh token")
             if row.used_at is not None:
                 reused = row.family_id
+                reused_by = row.user_id
             elif row.expires_at <= dt.datetime.now(dt.UTC):
                 raise Unauthenticated("Invalid or expired refresh token")
             else:
@@ -206,15 +227,16 @@ class Auth:
                     raise Unauthenticated("Invalid or expired refresh token")
                 pair = await self._issue(user, row.family_id, conn)
         if reused is not None:
-            await self.revoke_family(reused)
+            await self.revoke_family(reused, reused_by)
             log.warning("refresh token reused: family revoked", family=reused)
             raise Unauthenticated("Refresh token already used; the session has been revoked, log in again")
         return pair
 
-    async def revoke_family(self, family: str) -> None:
+    async def revoke_family(self, family: str, user_id: str) -> None:
         await self.repo.revoke_family(family)
         # Access tokens of the family die too: they live at most access_token_ttl_seconds.
         await self._redis.set(self._family_key(family), "1", ex=self.settings.access_token_ttl_seconds + 60)
+        await self.limiter.bump_generation(user_id)  # after the mark: a replica that re-verifies sees it
 
     def _family_key(self, family: str) -> str:
         return redis_key(self._prefix, "auth", "family", family)
@@ -280,57 +302,118 @@ class Auth:
         if digest is None:
             raise NotFound(f"No API key with ID {key_id}", reason="API_KEY_NOT_FOUND")
         await self._redis.set(self._key_cache_key(digest), json.dumps({"revoked": True}), ex=TOMBSTONE_SECONDS)
+        await self.limiter.bump_generation(key.user_id)  # after the tombstone: a replica that re-verifies sees it
         log.info("api key revoked", key_id=key_id)
 
-    # -- per request: who is calling, may they -----------------------------------------------------------------
-    async def authenticate(self, credential: str) -> Identity:
+    # -- per request: who is calling, may they, within which limits -------------------------------------------
+    async def _verify(self, credential: str, digest: str) -> Verified:
+        """Verify a credential: the user's revocation generation is read first, then the credential's state, so
+        that a revocation landing in between leaves the entry at an older generation (stale at its first use)."""
         if credential.startswith(credentials.API_KEY_PREFIX):
-            return await self._authenticate_key(credential)
+            return await self._verify_key(credential, digest)
         try:
             claims = self.access.verify(credential)
         except InvalidToken as exc:
             raise CredentialRejected("expired" if str(exc) == "ExpiredSignatureError" else "invalid") from None
-        if await self._redis.exists(self._family_key(claims.family)):
+        async with self._redis.pipeline(transaction=False) as pipe:  # in this order on one connection
+            pipe.get(self.limiter.generation_key(claims.user_id))
+            pipe.exists(self._family_key(claims.family))
+            generation, revoked = await pipe.execute()
+        if revoked:
             raise CredentialRejected("revoked")
         principal = Principal(claims.user_id, permissions=frozenset(claims.permissions))
-        return Identity(principal, Limits.for_user(tier(claims.tier)), claims.tier, claims.username,
-                        claims.expires_at)
+        identity = Identity(principal, Limits.for_user(tier(claims.tier)), claims.tier, claims.username,
+                            claims.expires_at)
+        return self._remember(digest, identity, generation.decode() if generation else "0")
 
-    async def _authenticate_key(self, secret: str) -> Identity:
-        digest = self.digest.digest(secret)
+    async def _verify_key(self, secret: str, digest: str) -> Verified:
+        owner = self._key_owners.get(digest)
+        generation = await self.limiter.generation(owner) if owner else ""
+        rec = await self._key_record(secret, digest)
+        if owner != rec["user_id"]:  # first sight: the owner is known only now, so read the record again after
+            self._key_owners[digest] = rec["user_id"]
+            _trim(self._key_owners)
+            generation = await self.limiter.generation(rec["user_id"])
+            rec = await self._key_record(secret, digest)
+        if rec.get("revoked"):
+            raise CredentialRejected("revoked")
+        t: Tier = tier(rec["tier"])
+        principal = Principal(rec["user_id"], rec["id"], frozenset(rec["permissions"]))
+        identity = Identity(principal, Limits.for_key(t, rec["rpm"], rec["tpm"], rec["tpmo"]), t.name,
+                            rec["username"], rec["expires_at"])
+        return self._remember(digest, identity, generation)
+
+    async def _key_record(self, secret: str, digest: str) -> dict:
+        """The key's record from Redis, else from Postgres (then cached in Redis); a tombstone after revocation."""
         cache_key = self._key_cache_key(digest)
         raw = await self._redis.get(cache_key)
         if raw is not None:
             rec = json.loads(raw)
-        else:
-            row = await self.repo.key_by_digest(digest)
-            if row is None or not self.digest.matches(secret, row.secret_digest):
-                raise CredentialRejected("invalid")
-            rec = _key_record(row)
-            # NX: never overwrite a revocation's tombstone written since the row was read.
-            await self._redis.set(cache_key, json.dumps(rec), nx=True, ex=self.settings.key_cache_seconds)
-        if rec.get("revoked"):
-            raise CredentialRejected("revoked")
-        if rec["expires_at"] is not None and rec["expires_at"] <= time.time():
-            raise CredentialRejected("expired")
-        t: Tier = tier(rec["tier"])
-        principal = Principal(rec["user_id"], rec["id"], frozenset(rec["permissions"]))
-        return Identity(principal, Limits.for_key(t, rec["rpm"], rec["tpm"], rec["tpmo"]), t.name, rec["username"],
-                        rec["expires_at"])
+            if rec.get("revoked"):
+                raise CredentialRejected("revoked")
+            return rec
+        row = await self.repo.key_by_digest(digest)
+        if row is None or not self.digest.matches(secret, row.secret_digest):
+            raise CredentialRejected("invalid")
+        rec = _key_record(row)
+        # NX: never overwrite a revocation's tombstone written since the row was read.
+        await self._redis.set(cache_key, json.dumps(rec), nx=True, ex=self.settings.key_cache_seconds)
+        return rec
+
+    def _remember(self, digest: str, identity: Identity, generation: str) -> Verified:
+        entry = Verified(identity, generation, time.monotonic() + self.settings.local_cache_seconds)
+        self._verified.pop(digest, None)  # re-inserted last: the oldest entries are evicted first
+        self._verified[digest] = entry
+        _trim(self._verified)
+        return entry
 
     async def authorize(self, verb: str, path: str, authorization: str, api_key: str) -> Verdict:
-        """ext_authz: public routes pass; others need a valid credential holding the route's permission.
-        Unknown paths need a credential only (the transcoder answers them 404)."""
+        """ext_authz in one call: public routes pass; others need a valid credential holding the route's
+        permission, and a request to a routed RPC by a principal with limits is admitted or refused (429)
+        atomically in Redis. Unknown paths need a credential only (the transcoder answers them 404) and count
+        against no limit.
+
+        A credential verified within the last `local_cache_seconds` is taken from memory, and its user's
+        revocation generation is compared on every use (within the admission script when limited, else by one
+        GET), so a revocation on any replica refuses it at once everywhere."""
         route = self.routes.resolve(verb, path)
         if (route is not None and route.public) or path.split("?", 1)[0] in PUBLIC_PATHS:
             return Verdict(None, route)
         credential = bearer(authorization) or api_key.strip()
         if not credential:
             raise CredentialRejected("missing", MISSING_TOKEN)
-        identity = await self.authenticate(credential)
-        if route is not None and route.permission and not identity.principal.allows(route.permission):
-            raise PermissionDenied(FORBIDDEN, metadata={"required_permission": route.permission})
-        return Verdict(identity, route)
+        digest = self.digest.digest(credential)
+        for _ in range(STALE_RETRIES):
+            entry = self._verified.get(digest)
+            fresh = entry is None or entry.fresh_until <= time.monotonic()
+            if fresh:
+                entry = await self._verify(credential, digest)
+            assert entry is not None
+            identity = entry.identity
+            permitted = route is None or not route.permission or identity.principal.allows(route.permission)
+            if not permitted or route is None or not identity.limits.limited:
+                if not fresh and await self.limiter.generation(identity.principal.user_id) != entry.generation:
+                    self._verified.pop(digest, None)
+                    continue
+                self._check_expiry(digest, identity)
+                if not permitted:
+                    assert route is not None and route.permission
+                    raise PermissionDenied(FORBIDDEN, metadata={"required_permission": route.permission})
+                return Verdict(identity, route)
+            self._check_expiry(digest, identity)
+            try:
+                decision = await self.limiter.admit(identity.principal, identity.limits, int(time.time() * 1000),
+                                                    entry.generation)
+            except StaleGeneration:
+                self._verified.pop(digest, None)
+                continue
+            return Verdict(identity, route, decision)
+        raise Unavailable("Credentials are being revoked; please retry")
+
+    def _check_expiry(self, digest: str, identity: Identity) -> None:
+        if identity.expires_at is not None and identity.expires_at <= time.time():
+            self._verified.pop(digest, None)
+            raise CredentialRejected("expired")
 
     # -- usage --------------------------------------------------------------------------------------------------
     async def record_usage(self, principal: Principal, tokens: int, request_id: str,
@@ -356,3 +439,9 @@ class Auth:
             raise NotFound(f"No user with ID {user_id}", reason="USER_NOT_FOUND")
         principal = Principal(user.id, permissions=frozenset(user.permissions))
         return Identity(principal, Limits.for_user(tier(user.tier)), user.tier, user.username, None), not user.disabled
+
+
+def _trim(cache: dict) -> None:
+    """Drop the oldest entries of an insertion-ordered cache past LOCAL_CACHE_ENTRIES."""
+    while len(cache) > LOCAL_CACHE_ENTRIES:
+        del cache[next(iter(cache))]

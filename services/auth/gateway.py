@@ -1,34 +1,31 @@
-"""Envoy's ext_authz (Authorization/Check) and rate-limit (RateLimitService/ShouldRateLimit) endpoints.
+"""Envoy's ext_authz endpoint (Authorization/Check): authentication, permission and rate limits in one call.
 
 Check resolves the credential and the route's permission and stamps the trusted principal headers (the listener
-drops client-sent x-llmlab-* headers, so only this answer can set them). ShouldRateLimit reads them back from the
-descriptor (`principal`, `limits`), admits or refuses atomically in Redis, and returns the X-RateLimit-* headers and,
-when refused, a google.rpc.Status body that the gateway's Lua filter renders in the caller's API family.
+drops client-sent x-llmlab-* headers, so only this answer can set them). For a routed RPC and a principal with
+limits it also admits or refuses the request atomically in Redis: the X-RateLimit-* headers go to the client through
+`response_headers_to_add`, and a refusal is a 429 denial whose google.rpc.Status body the gateway's Lua filter
+renders in the caller's API family. Envoy makes no other call per request (docs/auth.md "Cost per request").
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import math
-import time
 from typing import Any
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
-from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import json_format
 from google.rpc import code_pb2, status_pb2
 from prometheus_client import CollectorRegistry, Counter
 
-from llmlab.runtime import DomainError, PermissionDenied, ResourceExhausted
-from llmlab.runtime.context import PERMISSIONS_HEADER, PRINCIPAL_HEADER, Principal
+from llmlab.runtime import DomainError, PermissionDenied, ResourceExhausted, Unavailable
+from llmlab.runtime.context import PERMISSIONS_HEADER, PRINCIPAL_HEADER
 
 from .domain import Auth, CredentialRejected
-from .limits import Limits
 from .ratelimit import Decision, WindowState
 
-LIMITS_HEADER = "x-llmlab-limits"
 GATEWAY_NAMESPACE = "llmlab.gateway"  # dynamic metadata of the gateway's Lua filter (family)
 # Credentials stop at the gateway: services get the principal headers instead.
 CREDENTIAL_HEADERS = ("authorization", "x-api-key")
@@ -45,8 +42,10 @@ class GatewayMetrics:
             "authz_checks", "External authorization checks answered", ["decision", "reason"], registry=registry
         )
         self.ratelimit_checks = Counter(
-            "ratelimit_checks", "Rate-limit checks answered", ["code"], registry=registry
+            "ratelimit_checks", "Rate-limit admissions decided within the checks", ["code"], registry=registry
         )
+        self.admitted = self.ratelimit_checks.labels("OK")
+        self.over_limit = self.ratelimit_checks.labels("OVER_LIMIT")
 
 
 def status_json(exc: DomainError) -> str:
@@ -58,17 +57,26 @@ def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
     return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, value=value), append_action=_OVERWRITE)
 
 
+_OK = status_pb2.Status(code=code_pb2.OK)
+# Public routes: the credential headers still stop here (a public route ignores them).
+_ALLOW_PUBLIC = external_auth_pb2.CheckResponse(
+    status=_OK, ok_response=external_auth_pb2.OkHttpResponse(headers_to_remove=CREDENTIAL_HEADERS))
+
+
 def _family(request: external_auth_pb2.CheckRequest) -> str:
     fields = request.attributes.metadata_context.filter_metadata[GATEWAY_NAMESPACE].fields
     return fields["family"].string_value if "family" in fields else ""
 
 
 class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
-    """Envoy external authorization: 401/403 in the family's shape, or OK with the trusted principal headers."""
+    """Envoy external authorization: 401/403/429 in the family's shape, or OK with the trusted principal headers
+    (and the X-RateLimit-* headers for the client when the principal has limits)."""
 
     def __init__(self, auth: Auth, metrics: GatewayMetrics) -> None:
         self._auth = auth
         self._metrics = metrics
+        self._public = metrics.authz_checks.labels("allow", "public")
+        self._allowed = metrics.authz_checks.labels("allow", "credential")
 
     async def Check(self, request: external_auth_pb2.CheckRequest, context: Any) -> external_auth_pb2.CheckResponse:
         http = request.attributes.request.http
@@ -86,20 +94,30 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
                 exc = PermissionDenied(f"{exc.message}: the credential lacks the "
                                        f"'{exc.metadata['required_permission']}' permission", metadata=exc.metadata)
             return self._denied(http_status_pb2.Forbidden, exc, code_pb2.PERMISSION_DENIED, [])
-        headers = []
+        except Unavailable as exc:
+            self._metrics.authz_checks.labels("deny", "unavailable").inc()
+            return self._denied(http_status_pb2.ServiceUnavailable, exc, code_pb2.UNAVAILABLE, [])
         if verdict.identity is None:
-            self._metrics.authz_checks.labels("allow", "public").inc()
-        else:
-            self._metrics.authz_checks.labels("allow", "credential").inc()
-            principal = verdict.identity.principal
-            headers = [_header(PRINCIPAL_HEADER, principal.header()),
-                       _header(PERMISSIONS_HEADER, principal.permissions_header())]
-            limits = verdict.identity.limits.header()
-            if limits:
-                headers.append(_header(LIMITS_HEADER, limits))
+            self._public.inc()
+            return _ALLOW_PUBLIC
+        principal = verdict.identity.principal
+        headers = [_header(PRINCIPAL_HEADER, principal.header()),
+                   _header(PERMISSIONS_HEADER, principal.permissions_header())]
+        limit_headers: list[base_pb2.HeaderValueOption] = []
+        decision = verdict.decision
+        if decision is not None:
+            limit_headers = [_header(k, v) for k, v in rate_limit_headers(decision, _family(request) == "serving")]
+            if not decision.allowed:
+                self._metrics.over_limit.inc()
+                self._metrics.authz_checks.labels("deny", "rate_limited").inc()
+                return self._denied(http_status_pb2.TooManyRequests, refusal(decision),
+                                    code_pb2.RESOURCE_EXHAUSTED, limit_headers)
+            self._metrics.admitted.inc()
+        self._allowed.inc()
         return external_auth_pb2.CheckResponse(
-            status=status_pb2.Status(code=code_pb2.OK),
-            ok_response=external_auth_pb2.OkHttpResponse(headers=headers, headers_to_remove=CREDENTIAL_HEADERS),
+            status=_OK,
+            ok_response=external_auth_pb2.OkHttpResponse(
+                headers=headers, headers_to_remove=CREDENTIAL_HEADERS, response_headers_to_add=limit_headers),
         )
 
     @staticmethod
@@ -170,34 +188,3 @@ def refusal(decision: Decision) -> ResourceExhausted:
         f"Please retry after {wait} seconds.",
         metadata={"type": "rate_limit_error", **meta},
     )
-
-
-class RateLimitServicer(rls_pb2_grpc.RateLimitServiceServicer):
-    """Envoy rate-limit service over the principal's windows in Redis."""
-
-    def __init__(self, auth: Auth, metrics: GatewayMetrics) -> None:
-        self._auth = auth
-        self._metrics = metrics
-
-    async def ShouldRateLimit(self, request: rls_pb2.RateLimitRequest, context: Any) -> rls_pb2.RateLimitResponse:
-        entries = {e.key: e.value for d in request.descriptors for e in d.entries}
-        principal = Principal.parse(entries.get("principal", ""))
-        limits = Limits.parse(entries.get("limits", ""))
-        ok = rls_pb2.RateLimitResponse.OK
-        if principal is None or not limits.header():
-            self._metrics.ratelimit_checks.labels("OK").inc()
-            return rls_pb2.RateLimitResponse(
-                overall_code=ok, statuses=[rls_pb2.RateLimitResponse.DescriptorStatus(code=ok)
-                                           for _ in request.descriptors])
-        decision = await self._auth.limiter.admit(principal, limits, int(time.time() * 1000))
-        code = ok if decision.allowed else rls_pb2.RateLimitResponse.OVER_LIMIT
-        self._metrics.ratelimit_checks.labels(rls_pb2.RateLimitResponse.Code.Name(code)).inc()
-        response = rls_pb2.RateLimitResponse(
-            overall_code=code,
-            statuses=[rls_pb2.RateLimitResponse.DescriptorStatus(code=code) for _ in request.descriptors],
-            response_headers_to_add=[base_pb2.HeaderValue(key=k, value=v) for k, v in
-                                     rate_limit_headers(decision, entries.get("family") == "serving")],
-        )
-        if not decision.allowed:
-            response.raw_body = status_json(refusal(decision)).encode()
-        return response

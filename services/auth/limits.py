@@ -1,4 +1,4 @@
-"""Rate-limit tiers and the effective limits of a principal, as carried to the rate-limit check.
+"""Rate-limit tiers and the effective limits of a principal, as the admission check uses them.
 
 One tier holds two kinds of figures (docs/auth.md "Rate limits and quotas"): requests per hour with a burst (here:
 requests in any one second), which every family's X-RateLimit-* headers report, and requests and tokens per minute,
@@ -9,6 +9,7 @@ scale down from it. 0 means unlimited everywhere.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
 
 
@@ -80,16 +81,7 @@ class Limits:
             **{f.name: getattr(cls.for_user(t), f.name) for f in fields(cls) if f.name.startswith("user_")},
         )
 
-    def header(self) -> str:
-        """The x-llmlab-limits value, e.g. `key_requests_per_minute=20,user_burst=10`; "" when unlimited."""
-        return ",".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self) if getattr(self, f.name))
-
-    @classmethod
-    def parse(cls, text: str) -> Limits:
-        known = {f.name for f in fields(cls)}
-        values: dict[str, int] = {}
-        for part in text.split(","):
-            name, _, value = part.partition("=")
-            if name in known and value.isdigit():
-                values[name] = int(value)
-        return cls(**values)
+    @functools.cached_property
+    def limited(self) -> bool:
+        """Whether any limit applies (an unlimited principal needs no admission check)."""
+        return any(getattr(self, f.name) for f in fields(self))

@@ -5,11 +5,17 @@ counts, compares and admits in one script, so concurrent requests on any number 
 the limit within any window length. Token limits are counters per minute and per calendar month (UTC), fed by the
 usage of finished requests: a request is refused once its window's tokens are spent. All keys of one user share a
 Redis Cluster hash tag (`{<user id>}`), so each script touches a single slot.
+
+Each user also has a revocation generation (`{<user id>}:gen`), raised by every revocation of the user's keys or
+sessions. The auth service caches verified credentials in process memory together with the generation it read
+before verifying them; the admission script compares it atomically with the admission, so a revoked credential is
+never admitted from a stale cache on any replica.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import uuid
 from dataclasses import dataclass
@@ -23,37 +29,40 @@ from .limits import Limits
 
 MINUTE_MS = 60_000
 
-# KEYS: n request-window sorted sets, then token counters. ARGV: n, member, (limit, period_ms) per request
-# window, limit per token counter. Returns {refused index (0: admitted), now_ms, (count, oldest_ms) per request
-# window, used per token counter}; a refused request is not counted anywhere.
+# KEYS[1]: the user's revocation generation, then n request-window sorted sets, then token counters.
+# ARGV: the generation the caller verified the credential at, n, member, (limit, period_ms) per request window,
+# limit per token counter. Returns {-1} when the generation moved (nothing counted: the caller re-verifies), else
+# {refused index (0: admitted), now_ms, (count, oldest_ms) per request window, used per token counter}; a refused
+# request is not counted anywhere.
 _CHECK = """
+if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then return {-1} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n = tonumber(ARGV[1])
+local n = tonumber(ARGV[2])
 local refused = 0
 local out = {0, now}
 for i = 1, n do
-  local limit, period = tonumber(ARGV[1 + 2 * i]), tonumber(ARGV[2 + 2 * i])
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - period)
-  local count = redis.call('ZCARD', KEYS[i])
+  local limit, period = tonumber(ARGV[2 + 2 * i]), tonumber(ARGV[3 + 2 * i])
+  redis.call('ZREMRANGEBYSCORE', KEYS[1 + i], '-inf', now - period)
+  local count = redis.call('ZCARD', KEYS[1 + i])
   if count >= limit and refused == 0 then refused = i end
   out[#out + 1] = count
 end
-for j = n + 1, #KEYS do
-  local used = tonumber(redis.call('GET', KEYS[j]) or '0')
-  if used >= tonumber(ARGV[2 + n + j]) and refused == 0 then refused = j end
+for j = n + 1, #KEYS - 1 do
+  local used = tonumber(redis.call('GET', KEYS[1 + j]) or '0')
+  if used >= tonumber(ARGV[3 + n + j]) and refused == 0 then refused = j end
   out[#out + 1] = used
 end
 out[1] = refused
 if refused == 0 then
   for i = 1, n do
-    redis.call('ZADD', KEYS[i], now, ARGV[2])
-    redis.call('PEXPIRE', KEYS[i], ARGV[2 + 2 * i])
+    redis.call('ZADD', KEYS[1 + i], now, ARGV[3])
+    redis.call('PEXPIRE', KEYS[1 + i], ARGV[3 + 2 * i])
     out[2 + i] = out[2 + i] + 1
   end
 end
 for i = 1, n do
-  local oldest = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')
+  local oldest = redis.call('ZRANGE', KEYS[1 + i], 0, 0, 'WITHSCORES')
   out[#out + 1] = oldest[2] and tonumber(oldest[2]) or now
 end
 return out
@@ -122,11 +131,21 @@ class Decision:
     now_ms: int
 
 
+class StaleGeneration(Exception):
+    """The user's revocation generation moved since the credential was verified: nothing was counted."""
+
+
 def _month_bounds(now: dt.datetime) -> tuple[str, int]:
     """("202501", end of the month in epoch ms) for a UTC time."""
     first_next = (now.replace(day=28) + dt.timedelta(days=4)).replace(day=1, hour=0, minute=0, second=0,
                                                                        microsecond=0)
     return now.strftime("%Y%m"), int(first_next.timestamp() * 1000)
+
+
+@functools.lru_cache(maxsize=4)
+def _month_of_minute(minute: int) -> tuple[str, int]:
+    """_month_bounds of a whole UTC minute (months start on a minute): computed once a minute, not per request."""
+    return _month_bounds(dt.datetime.fromtimestamp(minute * 60, dt.UTC))
 
 
 class RateLimiter:
@@ -146,7 +165,7 @@ class RateLimiter:
     def _token_keys(self, principal: Principal, now_ms: int) -> list[tuple[str, str, int, int]]:
         """(scope, name, counter key, bucket end ms) of each token counter of the principal at `now_ms`."""
         minute = now_ms // MINUTE_MS
-        month, month_end = _month_bounds(dt.datetime.fromtimestamp(now_ms / 1000, dt.UTC))
+        month, month_end = _month_of_minute(minute)
         scopes = ["key", "user"] if principal.key_id else ["user"]
         out = []
         for scope in scopes:
@@ -174,17 +193,32 @@ class RateLimiter:
                 out.append(Window(scope, name, limit, 0, key, ends))
         return out
 
-    async def admit(self, principal: Principal, limits: Limits, now_ms: int) -> Decision:
-        """Count the request in every request window unless one of the principal's windows is spent."""
+    def generation_key(self, user_id: str) -> str:
+        """The user's revocation generation: in the user's slot, so the admission script can read it."""
+        return f"{redis_key(self._prefix, 'rl', '{' + user_id + '}')}:gen"
+
+    async def generation(self, user_id: str) -> str:
+        """The user's revocation generation now ("0" before any revocation)."""
+        raw = await self._redis.get(self.generation_key(user_id))
+        return raw.decode() if raw else "0"
+
+    async def bump_generation(self, user_id: str) -> None:
+        """After a revocation: every cached verification of the user's credentials is stale from now on."""
+        await self._redis.incr(self.generation_key(user_id))
+
+    async def admit(self, principal: Principal, limits: Limits, now_ms: int, generation: str) -> Decision:
+        """Count the request in every request window unless one of the principal's windows is spent; raise
+        StaleGeneration (counting nothing) when the user's revocation generation is no longer `generation`."""
         windows = self.windows(principal, limits, now_ms)
-        if not windows:
-            return Decision(True, [], None, now_ms)
         requests = [w for w in windows if not w.tokens]
-        args: list[int | str] = [len(requests), uuid.uuid4().hex]
+        args: list[int | str] = [generation, len(requests), uuid.uuid4().hex]
         for w in requests:
             args += [w.limit, w.period_ms]
         args += [w.limit for w in windows if w.tokens]
-        out = [int(x) for x in await self._check(keys=[w.key for w in windows], args=args)]
+        keys = [self.generation_key(principal.user_id), *(w.key for w in windows)]
+        out = [int(x) for x in await self._check(keys=keys, args=args)]
+        if out[0] == -1:
+            raise StaleGeneration(principal.user_id)
         refused, now = out[0], out[1]
         counts, oldest = out[2:2 + len(windows)], out[2 + len(windows):]
         states = []

@@ -32,6 +32,11 @@ class AuthSettings(ServiceSettings):
     login_window_seconds: int = 900
     # How long a resolved API key stays in Redis; revocation overwrites the entry at once.
     key_cache_seconds: int = 300
+    # How long a replica reuses a credential it verified (from memory, no Redis read of the key or session) before
+    # verifying it again. Revocation takes effect at once regardless: every use compares the user's revocation
+    # generation in Redis. Other edits of a key or user (limits, permissions) show within this time plus
+    # key_cache_seconds. 0: verify on every request.
+    local_cache_seconds: float = 5.0
     # The consumer group that turns usage.recorded events into token counters.
     usage_group: str = "auth-ratelimit"
 
@@ -48,5 +53,7 @@ class AuthSettings(ServiceSettings):
                      "login_attempts_per_ip", "login_window_seconds", "key_cache_seconds"):
             if getattr(self, name) <= 0:
                 problems.append(f"LLMLAB_AUTH_{name.upper()} must be positive")
+        if self.local_cache_seconds < 0:
+            problems.append("LLMLAB_AUTH_LOCAL_CACHE_SECONDS must not be negative")
         if problems:
             raise SettingsError("invalid llmlab settings:\n  " + "\n  ".join(problems))

@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 import asyncpg
 import httpx
 import openai
 import pytest
+
+from gateway.render import ENVOY, ROOT, GatewayConfig, render
+from llmlab.devstack import free_port
 
 from ..conftest import delete_keys
 from .conftest import login
@@ -349,3 +354,37 @@ async def test_public_routes_ignore_credentials(anonymous, header):
     for path in ("/health", "/health/ready", "/metrics"):
         assert (await anonymous.get(path, headers={header: value})).status_code == 200
     assert (await anonymous.get("/health/detailed")).status_code == 401
+
+
+async def test_nothing_passes_when_the_auth_service_is_down(http, platform):
+    """Fail closed (docs/auth.md): a gateway whose auth service does not answer refuses every guarded request with
+    503, whatever the credential, limited or not; no request goes on unchecked."""
+    limited = await new_key(http, permissions=["experiments:read"], rate_limit={"requests_per_minute": 100})
+    port = free_port()
+    upstreams = {svc: f"127.0.0.1:{p}" for svc, p in platform.service_ports.items()}
+    upstreams["auth"] = f"127.0.0.1:{free_port()}"  # nothing listens there
+    with tempfile.TemporaryDirectory(prefix="llmlab-auth-down-") as tmp:
+        config = Path(tmp) / "envoy.yaml"
+        config.write_text(render(GatewayConfig(
+            listen_port=port, admin_port=free_port(), descriptor_path=str(ROOT / "gen" / "llmlab.binpb"),
+            access_log=False, upstreams=upstreams)))
+        proc = await asyncio.create_subprocess_exec(
+            str(ENVOY), "-c", str(config), "--log-level", "error", "--disable-hot-restart", "--concurrency", "1",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as gateway:
+                for _ in range(100):  # until the listener is up (/healthz stays 503: the auth cluster is down)
+                    try:
+                        await gateway.get("/healthz")
+                        break
+                    except httpx.TransportError:
+                        await asyncio.sleep(0.1)
+                for headers in (platform.auth_headers, bearer(limited), {}):
+                    r = await gateway.get("/api/experiments", headers=headers)
+                    assert r.status_code == 503, r.text
+                    assert r.json()["success"] is False and r.json()["error"]["statusCode"] == 503
+                r = await gateway.get("/v1/models", headers=bearer(limited))
+                assert r.status_code == 503 and r.json()["error"]["type"] == "api_error"
+        finally:
+            proc.terminate()
+            await proc.wait()

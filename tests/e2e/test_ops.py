@@ -89,5 +89,5 @@ async def test_ext_authz_and_ratelimit_are_asked_for_every_routed_request(http):
     # 3 API calls + the /metrics call itself each pass through ext_authz (/metrics is public).
     assert _counter(after, "authz_checks", decision="allow") - _counter(before, "authz_checks", decision="allow") >= 4
     assert _counter(after, "authz_checks", reason="public") - _counter(before, "authz_checks", reason="public") >= 1
-    # The rate-limit service is asked for principals that have limits (the admin's key has none).
+    # Check admits principals that have limits in Redis (the admin's key has none).
     assert _counter(after, "ratelimit_checks", code="OK") - _counter(before, "ratelimit_checks", code="OK") >= 3

@@ -1,5 +1,6 @@
-"""The auth service on port 0 against the real Postgres and Redis: logins, rotation, keys, and the gateway's
-Check / ShouldRateLimit answered by two replicas at once (revocation and limits hold across them)."""
+"""The auth service on port 0 against the real Postgres and Redis: logins, rotation, keys, and the gateway's one
+call per request (Check: credential, permission and rate limits) answered by two replicas at once (revocation and
+limits hold across them, whatever each replica has cached)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,10 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from envoy.extensions.common.ratelimit.v3 import ratelimit_pb2
+from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import attribute_context_pb2 as attrs
 from envoy.service.auth.v3 import external_auth_pb2 as ea
 from envoy.service.auth.v3 import external_auth_pb2_grpc as ea_grpc
-from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from google.protobuf import json_format, struct_pb2
 from google.rpc import code_pb2
 from grpc_status import rpc_status
@@ -32,7 +32,7 @@ PASSWORD = "correct horse battery staple"
 
 
 class Replica:
-    """One running auth service and stubs for its three gRPC services."""
+    """One running auth service and stubs for its two gRPC services."""
 
     def __init__(self, app: ServiceApp) -> None:
         self.app = app
@@ -40,30 +40,30 @@ class Replica:
         self.channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
         self.auth = pb_grpc.AuthServiceStub(self.channel)
         self.authz = ea_grpc.AuthorizationStub(self.channel)
-        self.rls = rls_pb2_grpc.RateLimitServiceStub(self.channel)
 
-    async def check(self, path: str, credential: str = "", method: str = "GET") -> ea.CheckResponse:
+    async def check(self, path: str, credential: str = "", method: str = "GET",
+                    family: str = "serving") -> ea.CheckResponse:
+        """Check as Envoy asks it: method, path, the credential header and the Lua filter's family."""
         headers = {"authorization": f"Bearer {credential}"} if credential else {}
         http = attrs.AttributeContext.HttpRequest(method=method, path=path, headers=headers)
-        return await self.authz.Check(ea.CheckRequest(
-            attributes=attrs.AttributeContext(request=attrs.AttributeContext.Request(http=http))))
-
-    async def admitted(self, ok: ea.CheckResponse, family: str = "serving") -> rls_pb2.RateLimitResponse:
-        """ShouldRateLimit with the descriptor Envoy builds from the Check answer's headers."""
-        headers = {h.header.key: h.header.value for h in ok.ok_response.headers}
-        entries = [("family", family), ("path", "/llmlab.inference.v1.OpenAIService/ListOpenAIModels"),
-                   ("principal", headers["x-llmlab-principal"])]
-        if "x-llmlab-limits" in headers:
-            entries.append(("limits", headers["x-llmlab-limits"]))
-        descriptor = ratelimit_pb2.RateLimitDescriptor(
-            entries=[ratelimit_pb2.RateLimitDescriptor.Entry(key=k, value=v) for k, v in entries])
-        return await self.rls.ShouldRateLimit(rls_pb2.RateLimitRequest(domain="llmlab", descriptors=[descriptor]))
+        gateway = struct_pb2.Struct()
+        gateway.update({"family": family})
+        return await self.authz.Check(ea.CheckRequest(attributes=attrs.AttributeContext(
+            request=attrs.AttributeContext.Request(http=http),
+            metadata_context=base_pb2.Metadata(filter_metadata={"llmlab.gateway": gateway}))))
 
     async def close(self) -> None:
         if not self.closed:
             self.closed = True
             await self.channel.close()
             await self.app.stop(0.5)
+
+
+def client_headers(answer: ea.CheckResponse) -> dict[str, str]:
+    """The headers the client gets from a Check answer: X-RateLimit-* when allowed, a denial's own when not."""
+    if answer.status.code == code_pb2.OK:
+        return {h.header.key: h.header.value for h in answer.ok_response.response_headers_to_add}
+    return {h.header.key: h.header.value for h in answer.denied_response.headers}
 
 
 def as_caller(ok: ea.CheckResponse) -> tuple[tuple[str, str], ...]:
@@ -151,14 +151,28 @@ async def test_concurrent_refresh_of_one_token_revokes_the_family(replicas):
 async def test_revocation_is_immediate_on_every_replica(replicas):
     a, b = replicas
     md = await admin_metadata(a)
-    key = await a.auth.CreateApiKey(pb.CreateApiKeyRequest(name="k", permissions=["models.read"]), metadata=md)
-    for replica in (a, b):  # both have seen (and cached) the key
-        assert (await replica.check("/v1/models", key.api_key)).status.code == code_pb2.OK
-    await a.auth.DeleteApiKey(pb.DeleteApiKeyRequest(key_id=key.id), metadata=md)
-    denied = await b.check("/v1/models", key.api_key)
-    assert denied.status.code == code_pb2.UNAUTHENTICATED and denied.denied_response.status.code == 401
-    principal = (await b.auth.GetPrincipal(pb.GetPrincipalRequest(key_id=key.id))).principal
-    assert principal.active is False and principal.kind == pb.PRINCIPAL_KIND_API_KEY
+    # Unlimited (the admin's tier) and limited keys take different paths on a replica that cached them.
+    for rate_limit in (None, pb.RateLimit(requests_per_minute=1000)):
+        key = await a.auth.CreateApiKey(pb.CreateApiKeyRequest(
+            name="k", permissions=["models.read"], rate_limit=rate_limit), metadata=md)
+        for replica in (a, b, a, b):  # both have verified (and cached) the key
+            assert (await replica.check("/v1/models", key.api_key)).status.code == code_pb2.OK
+        await a.auth.DeleteApiKey(pb.DeleteApiKeyRequest(key_id=key.id), metadata=md)
+        for replica in (b, a):
+            denied = await replica.check("/v1/models", key.api_key)
+            assert denied.status.code == code_pb2.UNAUTHENTICATED and denied.denied_response.status.code == 401
+        principal = (await b.auth.GetPrincipal(pb.GetPrincipalRequest(key_id=key.id))).principal
+        assert principal.active is False and principal.kind == pb.PRINCIPAL_KIND_API_KEY
+
+
+async def test_revoked_session_is_refused_by_a_replica_that_cached_its_access_token(replicas):
+    a, b = replicas
+    pair = await a.auth.CreateToken(pb.CreateTokenRequest(username="admin", password=PASSWORD))
+    assert (await b.check("/api/experiments", pair.access_token)).status.code == code_pb2.OK
+    await a.auth.RefreshToken(pb.RefreshTokenRequest(refresh_token=pair.refresh_token))
+    with pytest.raises(grpc.aio.AioRpcError):  # reuse: the family is revoked
+        await a.auth.RefreshToken(pb.RefreshTokenRequest(refresh_token=pair.refresh_token))
+    assert (await b.check("/api/experiments", pair.access_token)).status.code == code_pb2.UNAUTHENTICATED
 
 
 async def test_exact_limit_across_two_replicas_under_64_concurrent_requests(replicas):
@@ -166,15 +180,19 @@ async def test_exact_limit_across_two_replicas_under_64_concurrent_requests(repl
     md = await admin_metadata(a)
     key = await a.auth.CreateApiKey(pb.CreateApiKeyRequest(
         name="k", permissions=["models.read"], rate_limit=pb.RateLimit(requests_per_minute=20)), metadata=md)
-    ok = await a.check("/v1/models", key.api_key)
-    answers = await asyncio.gather(*(r.admitted(ok) for r in [a, b] * 32))
-    codes = [x.overall_code for x in answers]
-    assert codes.count(rls_pb2.RateLimitResponse.OK) == 20
-    assert codes.count(rls_pb2.RateLimitResponse.OVER_LIMIT) == 44
-    refused = next(x for x in answers if x.overall_code == rls_pb2.RateLimitResponse.OVER_LIMIT)
-    headers = {h.key: h.value for h in refused.response_headers_to_add}
+    answers = await asyncio.gather(*(r.check("/v1/models", key.api_key) for r in [a, b] * 32))
+    codes = [x.status.code for x in answers]
+    assert codes.count(code_pb2.OK) == 20
+    assert codes.count(code_pb2.RESOURCE_EXHAUSTED) == 44
+    allowed = [client_headers(x) for x in answers if x.status.code == code_pb2.OK]
+    assert sorted(int(h["x-ratelimit-remaining-requests"]) for h in allowed) == list(range(20))
+    refused = next(x for x in answers if x.status.code == code_pb2.RESOURCE_EXHAUSTED)
+    assert refused.denied_response.status.code == 429
+    headers = client_headers(refused)
     assert headers["x-ratelimit-remaining-requests"] == "0" and 1 <= int(headers["retry-after"]) <= 60
-    assert b"RATE_LIMIT_EXCEEDED" in refused.raw_body
+    assert "RATE_LIMIT_EXCEEDED" in refused.denied_response.body
+    # Unknown paths count against nothing (the transcoder answers them 404), and neither do public routes.
+    assert (await a.check("/v1/no-such-route", key.api_key)).status.code == code_pb2.OK
 
 
 async def test_free_tier_burst_then_requests_per_minute(replicas):
@@ -183,22 +201,24 @@ async def test_free_tier_burst_then_requests_per_minute(replicas):
     user = f"free-{uuid.uuid4().hex[:6]}"
     await auth_repo.create_user(user, await Passwords().hash(PASSWORD), ["models.read"], "free")
     token = (await a.auth.CreateToken(pb.CreateTokenRequest(username=user, password=PASSWORD))).access_token
-    ok = await a.check("/v1/models", token)
-    limits = {h.header.value for h in ok.ok_response.headers if h.header.key == "x-llmlab-limits"}.pop()
-    assert "user_burst=10" in limits and "user_requests_per_minute=20" in limits
-    assert "user_requests_per_hour=100" in limits and "user_tokens_per_minute=40000" in limits
 
-    async def wave(n: int) -> int:
-        answers = await asyncio.gather(*(a.admitted(ok) for _ in range(n)))
-        return sum(x.overall_code == rls_pb2.RateLimitResponse.OK for x in answers)
+    async def wave(n: int) -> list[ea.CheckResponse]:
+        answers = await asyncio.gather(*(a.check("/v1/models", token) for _ in range(n)))
+        return [x for x in answers if x.status.code == code_pb2.OK]
 
-    assert await wave(15) == 10  # Free: burst 10 (docs/auth.md)
+    first = await wave(15)
+    assert len(first) == 10  # Free: burst 10 (docs/auth.md)
+    headers = client_headers(first[0])
+    assert headers["x-ratelimit-limit"] == "10"  # the window closest to refusing: the burst
+    assert (headers["x-ratelimit-limit-requests"], headers["x-ratelimit-limit-tokens"]) == ("20", "40000")
     await asyncio.sleep(1.1)
-    assert await wave(15) == 10  # Free: 20 per minute (docs/auth.md)
+    assert len(await wave(15)) == 10  # Free: 20 per minute (docs/auth.md)
     await asyncio.sleep(1.1)
-    assert await wave(5) == 0
-    refused = await a.admitted(ok, family="research")
-    assert b"20 requests per minute for this account" in refused.raw_body
+    assert await wave(5) == []
+    refused = await a.check("/v1/models", token, family="research")
+    assert refused.denied_response.status.code == 429
+    assert "20 requests per minute for this account" in refused.denied_response.body
+    assert "x-ratelimit-limit-requests" not in client_headers(refused)  # the -Requests/-Tokens pairs are for /v1 only
 
 
 async def test_usage_events_feed_the_token_limit_once_per_request(replicas):
@@ -215,8 +235,8 @@ async def test_usage_events_feed_the_token_limit_once_per_request(replicas):
                                                          "total_tokens": tokens})
 
     async def remaining_tokens() -> str:
-        answer = await a.admitted(ok)
-        return {h.key: h.value for h in answer.response_headers_to_add}["x-ratelimit-remaining-tokens"]
+        answer = await a.check("/v1/chat/completions", key.api_key, "POST")
+        return client_headers(answer)["x-ratelimit-remaining-tokens"]
 
     await publish("req-1", 600)
     await publish("req-1", 600)  # delivered twice: counted once
@@ -227,12 +247,12 @@ async def test_usage_events_feed_the_token_limit_once_per_request(replicas):
     assert await remaining_tokens() == "400"
     await publish("req-2", 500)
     for _ in range(50):
-        answer = await a.admitted(ok)
-        if answer.overall_code == rls_pb2.RateLimitResponse.OVER_LIMIT:
+        answer = await a.check("/v1/chat/completions", key.api_key, "POST")
+        if answer.status.code == code_pb2.RESOURCE_EXHAUSTED:
             break
         await asyncio.sleep(0.1)
-    assert answer.overall_code == rls_pb2.RateLimitResponse.OVER_LIMIT
-    assert b"1000 tokens per minute for this API key" in answer.raw_body
+    assert answer.status.code == code_pb2.RESOURCE_EXHAUSTED
+    assert "1000 tokens per minute for this API key" in answer.denied_response.body
 
 
 async def test_record_usage_and_get_principal(replicas):

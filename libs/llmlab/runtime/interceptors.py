@@ -31,11 +31,11 @@ from .metrics import ServiceMetrics
 log = structlog.get_logger(__name__)
 
 # Health, reflection and service-info probes stay out of traces, logs and request metrics (they would drown
-# the real traffic, and a probe must not count itself as an active request). So do the gateway's per-request
-# ext_authz and rate-limit callouts: Envoy's access log and the auth service's own counters record them, and the
-# span, log line and metrics would double what every request costs.
+# the real traffic, and a probe must not count itself as an active request). So does the gateway's per-request
+# ext_authz callout: Envoy's access log and the auth service's own counters record it, and the span, log line and
+# metrics would double what every request costs.
 _UNOBSERVED = ("/grpc.health.v1.", "/grpc.reflection.", "/llmlab.common.v1.ServiceInfoService/",
-               "/envoy.service.auth.v3.Authorization/", "/envoy.service.ratelimit.v3.RateLimitService/")
+               "/envoy.service.auth.v3.Authorization/")
 
 
 def _internal_trailers() -> tuple[tuple[str, bytes], ...]:

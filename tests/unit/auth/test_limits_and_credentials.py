@@ -30,12 +30,12 @@ def test_key_limits_are_capped_by_the_tier():
     assert cap(None, 0) == 0 and cap(7, 0) == 7  # unlimited tier: the key's own figure, or none
 
 
-def test_limits_header_round_trip():
+def test_key_limits_hold_the_key_and_the_tier():
     limits = Limits.for_key(TIERS["free"], 10, 500, 0)
-    assert Limits.parse(limits.header()) == limits
     assert limits.key_requests_per_minute == 10 and limits.user_burst == 10 and limits.user_requests_per_hour == 100
-    assert Limits.for_user(TIERS["enterprise"]).header() == ""
-    assert Limits.parse("user_burst=3,bogus=1,key_tokens_per_minute=x") == Limits(user_burst=3)
+    assert limits.limited and Limits(user_burst=3).limited
+    assert not Limits.for_user(TIERS["enterprise"]).limited  # no admission check at all
+    assert Limits.for_key(TIERS["enterprise"], 5, 0, 0).limited
 
 
 def test_principal_header_round_trip():
