@@ -29,7 +29,8 @@ from llmlab.sampling import BOUNDS, violation
 from ..domain import GenerationEvent, GenerationRequest, SamplingParams, TokenLogprob, TopLogprob, Usage
 from .artifact import ModelArtifact, load_artifact
 from .errors import ContextLengthExceeded, EngineOverloaded, EngineStopped, InvalidRequest
-from .runner import ModelRunner
+from .prefix_cache import PrefixCache, PrefixCacheStats, PrefixHit
+from .runner import ModelRunner, host_buffer
 from .sampling import RequestSampler, SampledToken, sample_batch
 from .tokenizer import IncrementalDetokenizer, ModelTokenizer, StopMatcher
 
@@ -53,6 +54,11 @@ class EngineConfig:
     threads: int | None = None  # intra-op threads; default: every core
     kv_backend: str | None = None  # "numpy" (host) or "ortvalue" (device memory); default by device
     warmup: bool = True  # run a full-size prefill and a decode step at start()
+    # Automatic prefix caching (prefix_cache.py): computed prompt blocks kept for later requests with the same
+    # prefix, within this many MiB of host memory (SmolLM2-135M: 45 KiB per token, so 512 MiB is ~11k tokens).
+    prefix_cache: bool = True
+    prefix_cache_mb: int = 512
+    prefix_block_tokens: int = 16
 
 
 @dataclass
@@ -67,6 +73,9 @@ class EngineStats:
     requests_finished: int = 0
     steps: int = 0
     max_seq_len: int = 0
+    prompt_tokens: int = 0  # prompt tokens of admitted requests
+    prefill_tokens: int = 0  # of those, the ones run through the model (the rest: prefix cache, shared prompts)
+    cache: PrefixCacheStats | None = None  # None when prefix caching is off
 
 
 class _Sequence:
@@ -84,6 +93,7 @@ class _Sequence:
         self.slot = -1
         self.length = 0  # positions written in the KV cache
         self.prefilled = 0  # prompt tokens cached so far (chunked prefill)
+        self.hit: PrefixHit | None = None  # prefix-cache blocks held from admission until copied into the slot
         self.next_token = -1  # the last sampled token, fed at the next decode step
         self.generated: list[int] = []
         self.cancelled = False
@@ -102,10 +112,15 @@ class _BatchCore:
     """The batch state and the steps over it. `plan` runs on the event loop, `execute` in the worker thread; the
     scheduler awaits each step, so the two never run at the same time. Consumers only ever set `cancelled`."""
 
-    def __init__(self, runner: ModelRunner, tokenizer: ModelTokenizer, config: EngineConfig) -> None:
+    def __init__(
+        self, runner: ModelRunner, tokenizer: ModelTokenizer, config: EngineConfig, cache: PrefixCache | None = None
+    ) -> None:
         self.runner = runner
         self.tokenizer = tokenizer
         self.config = config
+        self.cache = cache
+        self.prompt_tokens = 0
+        self.prefill_tokens = 0
         self.decoding: list[_Sequence] = []  # decoding[i].slot == i
         self.staged: _Sequence | None = None  # a long prompt being prefilled in the staging slot
         self._turn = 0
@@ -144,20 +159,13 @@ class _BatchCore:
         chunk = self.config.prefill_tokens
         options: dict[str, list[_Sequence]] = {}
         if free > 0 and waiting:
-            group: list[_Sequence] = []
-            width = 0
-            for seq in waiting:
-                if len(seq.prompt) > chunk:
-                    if self.staged is None and "chunk" not in options:
-                        options["chunk"] = [seq]
-                    continue
-                wider = max(width, len(seq.prompt))
-                if len(group) >= free or (len(group) + 1) * wider > chunk:
-                    break
-                group.append(seq)
-                width = wider
+            group = self._admissible(waiting, free, chunk)
             if group:
                 options["prefill"] = group
+            if self.staged is None:
+                long = next((s for s in waiting if self._uncached(s) > chunk), None)
+                if long is not None:
+                    options["chunk"] = [long]
         if self.staged is not None:
             options["chunk"] = []
         if self.decoding:
@@ -171,8 +179,45 @@ class _BatchCore:
                 self._turn = (order.index(kind) + 1) % len(order)
                 for seq in options[kind]:
                     waiting.remove(seq)
+                    self.prompt_tokens += len(seq.prompt)
+                    if self.cache is not None and not seq.hit:
+                        seq.hit = self.cache.acquire(seq.prompt)
                 return _Step(kind, options[kind])
         return None
+
+    def _uncached(self, seq: _Sequence) -> int:
+        return len(seq.prompt) - (self.cache.peek(seq.prompt) if self.cache is not None else 0)
+
+    def _admissible(self, waiting: collections.deque[_Sequence], free: int, chunk: int) -> list[_Sequence]:
+        """The waiting requests one prefill step takes, in order, within `chunk` computed tokens: a prompt equal to
+        one already taken costs nothing (it is prefilled once and copied), a cached prefix costs nothing, uncached
+        prompts are padded to the longest. A prompt whose uncached part is longer than `chunk` is left to
+        chunked prefill."""
+        group: list[_Sequence] = []
+        seen: set[tuple[int, ...]] = set()
+        padded = width = cached_cost = 0
+        for seq in waiting:
+            if len(group) >= free:
+                break
+            key = tuple(seq.prompt)
+            if key in seen:
+                group.append(seq)
+                continue
+            cost = self._uncached(seq)
+            if cost > chunk:
+                continue
+            if cost == len(seq.prompt):
+                wider = max(width, cost)
+                if (padded + 1) * wider + cached_cost > chunk:
+                    break
+                padded, width = padded + 1, wider
+            else:
+                if padded * width + cached_cost + cost > chunk:
+                    break
+                cached_cost += cost
+            seen.add(key)
+            group.append(seq)
+        return group
 
     # -- steps (worker thread) ---------------------------------------------------------------------------------------
 
@@ -212,6 +257,7 @@ class _BatchCore:
         """End every sequence holding a slot (and `extra` ones) with `reason`; the batch starts empty again."""
         now = time.perf_counter()
         for seq in [*self.decoding, *([self.staged] if self.staged is not None else []), *extra]:
+            self._release(seq)
             if not seq.finished:
                 seq.finished = True
                 events.append((seq, self._final(seq, GenerationEvent(), reason, now, error=_describe(exc))))
@@ -221,6 +267,7 @@ class _BatchCore:
     def _reap(self, events: list[tuple[_Sequence, GenerationEvent]]) -> None:
         now = time.perf_counter()
         if self.staged is not None and self.staged.cancelled:
+            self._release(self.staged)
             self.staged.finished = True
             events.append((self.staged, self._final(self.staged, GenerationEvent(), "cancelled", now)))
             self.staged = None
@@ -234,6 +281,10 @@ class _BatchCore:
     def _compact(self) -> None:
         """Drop finished sequences and fill their slots with the last ones, keeping slots 0..n contiguous."""
         alive = [s for s in self.decoding if not s.finished]
+        if self.cache is not None:  # a finished conversation's history, for its next turn
+            for seq in self.decoding:
+                if seq.finished and seq.slot >= 0:
+                    self.runner.cache_slot(seq.slot, (seq.prompt + seq.generated)[: seq.length], self.cache)
         n = len(alive)
         holes = sorted(s.slot for s in self.decoding if s.finished and s.slot < n)
         movers = [s for s in alive if s.slot >= n]
@@ -247,28 +298,79 @@ class _BatchCore:
         self.decoding = alive
 
     def _prefill(self, admitted: list[_Sequence], events: list[tuple[_Sequence, GenerationEvent]]) -> None:
+        """Prefill admitted prompts: each distinct prompt once (uncached ones in one padded batch, cached ones by
+        their suffixes after the cached prefix), copied into the slots of equal prompts (n choices, a sweep's
+        repeats), which then decode in the same batch."""
         seqs = self._drop_cancelled(admitted, events)
         if not seqs:
             return
+        leaders: dict[tuple[int, ...], _Sequence] = {}
+        copies: list[_Sequence] = []
+        for seq in seqs:
+            if leaders.setdefault(tuple(seq.prompt), seq) is not seq:
+                copies.append(seq)
+                self._release(seq)
+        plain = [s for s in leaders.values() if not s.hit]
+        groups: dict[tuple[int, int], list[_Sequence]] = {}
+        for seq in leaders.values():
+            if seq.hit:
+                groups.setdefault((seq.hit.tokens, len(seq.prompt)), []).append(seq)
+        order = plain + [s for g in groups.values() for s in g]
         start = len(self.decoding)
         try:
-            logits = self.runner.prefill(start, [s.prompt for s in seqs])
+            # copies: the runner's logits buffer is reused by the next run
+            parts = [self.runner.prefill(start, [s.prompt for s in plain]).copy()] if plain else []
+            at = start + len(plain)
+            for group in groups.values():
+                assert self.cache is not None
+                hits = [s.hit for s in group if s.hit is not None]
+                suffixes = [s.prompt[s.hit.tokens :] for s in group if s.hit is not None]
+                parts.append(self.runner.prefill_cached(at, suffixes, hits, self.cache).copy())
+                at += len(group)
+            logits = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            for i, seq in enumerate(order):
+                seq.slot = start + i
+            index = {id(s): i for i, s in enumerate(order)}
+            rows = [index[id(leaders[tuple(s.prompt)])] for s in copies]
+            for i, seq in enumerate(copies):
+                seq.slot = start + len(order) + i
+                self.runner.copy_slot(order[rows[i]].slot, seq.slot, len(seq.prompt))
+            if copies:
+                logits = np.concatenate([logits, logits[rows]])
+            if self.cache is not None:
+                for seq in order:
+                    self.runner.cache_slot(seq.slot, seq.prompt, self.cache)
         except Exception as exc:
             log.exception("prefill of %d prompts failed", len(seqs))
+            for seq in seqs:
+                seq.slot = -1
             self._fail(seqs, exc, events)
             return
-        for i, seq in enumerate(seqs):
-            seq.slot = start + i
+        finally:
+            for seq in seqs:
+                self._release(seq)
+        self.prefill_tokens += sum(len(s.prompt) for s in plain) + sum(
+            len(s.prompt) - k for (k, _), g in groups.items() for s in g
+        )
+        ordered = order + copies
+        for seq in ordered:
             seq.length = seq.prefilled = len(seq.prompt)
-        self.decoding.extend(seqs)
-        self._sample(seqs, logits, events)
+        self.decoding.extend(ordered)
+        self._sample(ordered, logits, events)
+
+    def _release(self, seq: _Sequence) -> None:
+        if seq.hit is not None and self.cache is not None:
+            self.cache.release(seq.hit)
+        seq.hit = None
 
     def _chunk(self, admitted: list[_Sequence], events: list[tuple[_Sequence, GenerationEvent]]) -> None:
         if admitted:
             live = self._drop_cancelled(admitted, events)
             if not live:
                 return
-            self.staged = live[0]
+            self.staged = seq = live[0]
+            self.runner.stage(len(seq.prompt), seq.hit, self.cache)
+            seq.prefilled = seq.hit.tokens if seq.hit is not None else 0
         seq = self.staged
         if seq is None:
             return
@@ -279,15 +381,20 @@ class _BatchCore:
         except Exception as exc:
             log.exception("chunked prefill failed")
             self.staged = None
+            self._release(seq)
             self._fail([seq], exc, events)
             return
         seq.prefilled += len(piece)
+        self.prefill_tokens += len(piece)
         if seq.prefilled < len(seq.prompt):
             return
         self.staged = None
         seq.slot = len(self.decoding)
         seq.length = len(seq.prompt)
         self.runner.commit_staged(seq.slot, seq.length)
+        if self.cache is not None:
+            self.runner.cache_slot(seq.slot, seq.prompt, self.cache)
+        self._release(seq)
         self.decoding.append(seq)
         self._sample([seq], logits[None, :], events)
 
@@ -358,6 +465,7 @@ class _BatchCore:
         live = []
         for seq in seqs:
             if seq.cancelled:
+                self._release(seq)
                 seq.finished = True
                 events.append((seq, self._final(seq, GenerationEvent(), "cancelled", now)))
             else:
@@ -549,7 +657,17 @@ class Engine:
             kv_backend=config.kv_backend,
             pad_token_id=pad if pad is not None else min(artifact.eos_token_ids, default=0),
         )
-        self._core = _BatchCore(self._runner, artifact.tokenizer, config)
+        cache = None
+        if config.prefix_cache and self._runner.kv.backend == "numpy":
+            graph = artifact.graph
+            block_bytes = config.prefix_block_tokens * graph.kv_bytes_per_token
+            cache = PrefixCache(
+                2 * graph.num_layers, graph.num_kv_heads, graph.head_size, np.dtype(graph.kv_dtype),
+                block_size=config.prefix_block_tokens,
+                capacity=max(1, config.prefix_cache_mb * 2**20 // block_bytes),
+                allocate=host_buffer,
+            )
+        self._core = _BatchCore(self._runner, artifact.tokenizer, config, cache)
         self._waiting: collections.deque[_Sequence] = collections.deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -632,6 +750,9 @@ class Engine:
             requests_finished=core.requests_finished,
             steps=core.steps,
             max_seq_len=self.max_seq_len,
+            prompt_tokens=core.prompt_tokens,
+            prefill_tokens=core.prefill_tokens,
+            cache=core.cache.stats() if core.cache is not None else None,
         )
 
     def validate(self, request: GenerationRequest) -> None:
