@@ -57,7 +57,7 @@ class EngineConfig:
     # Automatic prefix caching (prefix_cache.py): computed prompt blocks kept for later requests with the same
     # prefix, within this many MiB of host memory (SmolLM2-135M: 45 KiB per token, so 512 MiB is ~11k tokens).
     prefix_cache: bool = True
-    prefix_cache_mb: int = 512
+    prefix_cache_mb: float = 512.0
     prefix_block_tokens: int = 16
 
 
@@ -180,7 +180,7 @@ class _BatchCore:
                 for seq in options[kind]:
                     waiting.remove(seq)
                     self.prompt_tokens += len(seq.prompt)
-                    if self.cache is not None and not seq.hit:
+                    if self.cache is not None and seq.hit is None:
                         seq.hit = self.cache.acquire(seq.prompt)
                 return _Step(kind, options[kind])
         return None
@@ -310,10 +310,10 @@ class _BatchCore:
             if leaders.setdefault(tuple(seq.prompt), seq) is not seq:
                 copies.append(seq)
                 self._release(seq)
-        plain = [s for s in leaders.values() if not s.hit]
+        plain = [s for s in leaders.values() if s.hit is None or not s.hit.tokens]
         groups: dict[tuple[int, int], list[_Sequence]] = {}
         for seq in leaders.values():
-            if seq.hit:
+            if seq.hit is not None and seq.hit.tokens:
                 groups.setdefault((seq.hit.tokens, len(seq.prompt)), []).append(seq)
         order = plain + [s for g in groups.values() for s in g]
         start = len(self.decoding)
@@ -664,7 +664,7 @@ class Engine:
             cache = PrefixCache(
                 2 * graph.num_layers, graph.num_kv_heads, graph.head_size, np.dtype(graph.kv_dtype),
                 block_size=config.prefix_block_tokens,
-                capacity=max(1, config.prefix_cache_mb * 2**20 // block_bytes),
+                capacity=max(1, int(config.prefix_cache_mb * 2**20) // block_bytes),
                 allocate=host_buffer,
             )
         self._core = _BatchCore(self._runner, artifact.tokenizer, config, cache)

@@ -280,9 +280,14 @@ class ModelRunner:
         """Prefill prompts whose first `past` tokens are cached (`hits`, all covering the same `past`) into slots
         start..start+k, running only their suffixes (all of one length) after the cached keys and values; the
         logits of each last token. Equal lengths keep every row unpadded: the last-token gather and
-        GroupQueryAttention's per-row past length are then exact."""
+        GroupQueryAttention's per-row past length are then exact. The CPU kernel takes a batch over a past only
+        for one new token per row, so longer suffixes run one row per step."""
         assert self._work is not None, "prefix caching runs on the host KV backend"
         k, n, past = len(suffixes), len(suffixes[0]), hits[0].tokens
+        if n > 1 and k > 1:
+            return np.concatenate(
+                [self.prefill_cached(start + i, [suffixes[i]], [hits[i]], cache).copy() for i in range(k)]
+            )
         width = past + n
         work = self._work
         work.reserve(k * width)

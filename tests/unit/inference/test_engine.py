@@ -331,7 +331,7 @@ async def test_long_prompt_is_prefilled_in_chunks_between_decode_steps(
     long_prompt = chat(tiny_artifact, " ".join(TEXTS[:3]))
     assert len(long_prompt) > 40
     whole = await make_engine(prefill_tokens=512)
-    chunked = await make_engine(prefill_tokens=16, max_batch=3)
+    chunked = await make_engine(prefill_tokens=16, max_batch=3, prefix_cache=False)  # counts every chunk
     params = {"temperature": 0.0, "max_tokens": 12, "ignore_eos": True}
     expected = await run(whole, request(long_prompt, **params))
     short = request(chat(tiny_artifact, TEXTS[0]), **{**params, "max_tokens": 30})
