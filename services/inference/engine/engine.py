@@ -32,6 +32,7 @@ from .errors import ContextLengthExceeded, EngineOverloaded, EngineStopped, Inva
 from .prefix_cache import PrefixCache, PrefixCacheStats, PrefixHit
 from .runner import ModelRunner, host_buffer
 from .sampling import RequestSampler, SampledToken, sample_batch
+from .scoring import PromptScorer, ScoredToken
 from .tokenizer import IncrementalDetokenizer, ModelTokenizer, StopMatcher
 
 log = logging.getLogger(__name__)
@@ -668,6 +669,8 @@ class Engine:
                 allocate=host_buffer,
             )
         self._core = _BatchCore(self._runner, artifact.tokenizer, config, cache)
+        self._scorer = PromptScorer(artifact, vocab_size=artifact.tokenizer.vocab_size, chunk=config.prefill_tokens)
+        self._scoring = 0  # scoring jobs waiting for the worker; a decode loop yields to them
         self._waiting: collections.deque[_Sequence] = collections.deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -782,6 +785,33 @@ class Engine:
                 seq.cancelled = True
                 self._wake.set()
 
+    async def score(self, token_ids: list[int], top_logprobs: int = 0) -> list[ScoredToken]:
+        """The logprob of each of `token_ids[1:]` given the tokens before it (a full-logits forward pass, see
+        scoring.py), with the `top_logprobs` most likely tokens at each position. Runs in the engine's worker
+        between two steps; running streams pause for its length."""
+        if not self.running or self._executor is None:
+            raise EngineStopped("the engine is not running")
+        if not token_ids:
+            raise InvalidRequest("the prompt is empty")
+        vocab = self.tokenizer.vocab_size
+        if min(token_ids) < 0 or max(token_ids) >= vocab:
+            raise InvalidRequest(f"prompt token ids must be in [0, {vocab})")
+        if len(token_ids) > self.max_seq_len:
+            raise ContextLengthExceeded(len(token_ids), 0, self.max_seq_len)
+        if (constraint := violation("top_logprobs", top_logprobs)) is not None:
+            raise InvalidRequest(f"top_logprobs {constraint}")
+        self._scoring += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._scorer.score, list(token_ids), top_logprobs
+            )
+        finally:
+            self._scoring -= 1
+
+    def token_logprob(self, scored: ScoredToken) -> TokenLogprob:
+        """A scored prompt position as the API's logprob entry (token text, bytes, alternatives)."""
+        return self._core._logprob(scored.token_id, SampledToken(scored.token_id, scored.logprob, scored.top))
+
     def _submit(self, request: GenerationRequest) -> _Sequence:
         if not self.running:
             raise EngineStopped("the engine is not running")
@@ -805,7 +835,7 @@ class Engine:
                 loop.call_soon_threadsafe(_dispatch, events)
 
         def interrupted(active: int) -> bool:
-            return self._stopping or (bool(self._waiting) and active < self.config.max_batch)
+            return self._stopping or self._scoring > 0 or (bool(self._waiting) and active < self.config.max_batch)
 
         while not self._stopping:
             plan = self._core.plan(self._waiting)
