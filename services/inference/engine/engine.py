@@ -60,6 +60,7 @@ class EngineConfig:
     prefix_cache: bool = True
     prefix_cache_mb: float = 512.0
     prefix_block_tokens: int = 16
+    share_prefill: bool = True  # equal prompts admitted in one step are prefilled once (n choices, a sweep's repeats)
 
 
 @dataclass
@@ -200,7 +201,7 @@ class _BatchCore:
         for seq in waiting:
             if len(group) >= free:
                 break
-            key = tuple(seq.prompt)
+            key = tuple(seq.prompt) if self.config.share_prefill else (id(seq),)
             if key in seen:
                 group.append(seq)
                 continue
@@ -307,8 +308,11 @@ class _BatchCore:
             return
         leaders: dict[tuple[int, ...], _Sequence] = {}
         copies: list[_Sequence] = []
+        def key(seq: _Sequence) -> tuple[int, ...]:
+            return tuple(seq.prompt) if self.config.share_prefill else (id(seq),)
+
         for seq in seqs:
-            if leaders.setdefault(tuple(seq.prompt), seq) is not seq:
+            if leaders.setdefault(key(seq), seq) is not seq:
                 copies.append(seq)
                 self._release(seq)
         plain = [s for s in leaders.values() if s.hit is None or not s.hit.tokens]
@@ -332,7 +336,7 @@ class _BatchCore:
             for i, seq in enumerate(order):
                 seq.slot = start + i
             index = {id(s): i for i, s in enumerate(order)}
-            rows = [index[id(leaders[tuple(s.prompt)])] for s in copies]
+            rows = [index[id(leaders[key(s)])] for s in copies]
             for i, seq in enumerate(copies):
                 seq.slot = start + len(order) + i
                 self.runner.copy_slot(order[rows[i]].slot, seq.slot, len(seq.prompt))
