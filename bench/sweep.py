@@ -34,6 +34,8 @@ CONTEXT = (
     "who today need two or three tickets for one trip. Critics worried about the cost, which the council estimates "
     "at forty million euros over five years, and about construction work on the main avenue during the summer. "
     "The council will vote on the plan next month after a public consultation that runs until the end of April. "
+    "Local shops on the main avenue asked for compensation during the works, and the cycling association asked "
+    "for protected bike lanes along the new bus routes; the council promised an answer before the vote. "
 )
 INSTRUCTIONS = (
     "You are an assistant that writes short, neutral summaries for a city newsletter. Read the context below and "
@@ -114,7 +116,7 @@ CONFIGS = {
 }
 
 
-async def measure(artifact: ModelArtifact, config: EngineConfig, new: int) -> dict:
+async def measure(artifact: ModelArtifact, config: EngineConfig, new: int, parts: set[str]) -> dict:
     engine = Engine(artifact, config)
     await engine.start()
     tok = engine.tokenizer
@@ -122,9 +124,13 @@ async def measure(artifact: ModelArtifact, config: EngineConfig, new: int) -> di
     others = [tok.encode_chat([{"role": "user", "content": p}]) for p in BATCH]
     try:
         await stream(engine, others[2], SamplingParams(temperature=0.0, max_tokens=8))  # warm-up
-        out = {"prompt_tokens": len(prompt), "sweep": await sweep(engine, prompt, new)}
-        out["shared16"] = await shared(engine, prompt, 16, new)
-        out["burst"] = await burst(engine, others, new)
+        out: dict = {"prompt_tokens": len(prompt)}
+        if "sweep" in parts:
+            out["sweep"] = await sweep(engine, prompt, new)
+        if "shared" in parts:
+            out["shared16"] = await shared(engine, prompt, 16, new)
+        if "burst" in parts:
+            out["burst"] = await burst(engine, others, new)
         return out
     finally:
         await engine.stop()
@@ -134,22 +140,29 @@ def report(results: dict[str, dict]) -> None:
     first = next(iter(results.values()))
     print(f"sweep: one {first['prompt_tokens']}-token prompt x {len(TEMPERATURES) * len(TOP_PS)} combinations x "
           f"{RESPONSES} responses")
-    print(f"  {'engine':<46}{'wall s':>8}{'prefill tok':>12}{'of prompt tok':>14}{'TTFT p50':>10}{'TTFT p99':>10}")
+    if "sweep" in first:
+        print(f"  {'engine':<46}{'wall s':>8}{'prefill tok':>12}{'of prompt tok':>14}{'TTFT p50':>10}{'TTFT p99':>10}")
     for name, r in results.items():
+        if "sweep" not in r:
+            continue
         s = r["sweep"]
         print(f"  {name:<46}{s['wall_s']:>8.2f}{s['prefill_tokens']:>12}{s['prompt_tokens']:>14}"
               f"{s['ttft_p50_ms']:>10.0f}{s['ttft_p99_ms']:>10.0f}")
     print("16 concurrent streams sharing that prompt:")
     for name, r in results.items():
-        print(f"  {name:<46}TTFT p50 {r['shared16']['ttft_p50_ms']:.0f} ms  p99 {r['shared16']['ttft_p99_ms']:.0f} ms")
+        if "shared16" in r:
+            s = r["shared16"]
+            print(f"  {name:<46}TTFT p50 {s['ttft_p50_ms']:.0f} ms  p99 {s['ttft_p99_ms']:.0f} ms")
     print("inter-token latency of 4 running streams, quiet vs while 16 new requests are admitted:")
     for name, r in results.items():
+        if "burst" not in r:
+            continue
         b = r["burst"]
         print(f"  {name:<46}quiet p50/p99 {b['quiet_p50_ms']:.1f}/{b['quiet_p99_ms']:.1f} ms  burst p50/p99 "
               f"{b['burst_p50_ms']:.1f}/{b['burst_p99_ms']:.1f} ms  ({b['burst_p99_ms'] / b['quiet_p99_ms']:.1f}x, "
               f"admitted in {b['admission_s']:.2f} s)")
     names = list(results)
-    if len(names) == 2:
+    if len(names) == 2 and all(k in first for k in ("sweep", "shared16", "burst")):
         old, new = results[names[0]], results[names[1]]
         print(f"sweep speed-up {old['sweep']['wall_s'] / new['sweep']['wall_s']:.2f}x (target >= 2x); shared-prompt "
               f"TTFT p50 {new['shared16']['ttft_p50_ms'] / old['shared16']['ttft_p50_ms']:.2f}x of before "
@@ -157,14 +170,15 @@ def report(results: dict[str, dict]) -> None:
               f"quiet (target <= 3x)")
 
 
-async def run(model_dir: str, threads: int, new: int, skip_before: bool = False) -> dict[str, dict]:
+async def run(model_dir: str, threads: int, new: int, skip_before: bool = False,
+              parts: frozenset[str] = frozenset({"sweep", "shared", "burst"})) -> dict[str, dict]:
     artifact = load_artifact(model_dir, threads=threads)
     results = {}
     for name, overrides in CONFIGS.items():
         if skip_before and overrides:
             continue
         results[name] = await measure(artifact, replace(EngineConfig(max_batch=16, threads=threads), **overrides),
-                                      new)
+                                      new, set(parts))
     return results
 
 
@@ -175,8 +189,9 @@ async def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--skip-before", action="store_true")
+    ap.add_argument("--parts", default="sweep,shared,burst")
     a = ap.parse_args()
-    report(await run(a.model_dir, a.threads, a.new, a.skip_before))
+    report(await run(a.model_dir, a.threads, a.new, a.skip_before, frozenset(a.parts.split(","))))
 
 
 if __name__ == "__main__":

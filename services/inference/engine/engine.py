@@ -2,13 +2,21 @@
 
 The scheduler task plans on the event loop (admissions from the wait queue, which kind of step comes next) and runs
 the step in a dedicated worker thread: a batched prefill of newly admitted prompts, one chunk of a long prompt's
-prefill, or decode steps over every running sequence. Kinds of step take turns, so arrivals join the running batch
-between decode steps without stalling it. Decode steps repeat inside the worker for as long as nothing waits for a
-slot (no trip through the event loop per token), with each step's text and events rendered in a helper thread while
-the next step runs. Decoding sequences occupy KV slots 0..n; when one leaves, the last one moves into its slot, so a
-decode step always binds one contiguous slice of the cache.
-"""
+prefill, or decode steps over every running sequence. Admission steps alternate with decode steps, so arrivals join
+the running batch between decode steps without stalling it; while sequences decode, an admission step computes only
+as many prompt tokens as cost about `interleave_ratio` decode steps (step times measured as the engine runs), and a
+longer prompt is prefilled in chunks of that size, so running streams keep a steady pace under a burst of arrivals.
+Decode steps repeat inside the worker for as long as nothing waits for a slot (no trip through the event loop per
+token), with each step's text and events rendered in a helper thread while the next step runs. Decoding sequences
+occupy KV slots 0..n; when one leaves, the last one moves into its slot, so a decode step always binds one
+contiguous slice of the cache.
 
+Prompts share work two ways. Equal prompts admitted in one step (a request's n choices, a sweep's repeats) are
+prefilled once and their keys and values copied into the others' slots; they then decode in the same batch. And the
+prefix cache (prefix_cache.py: why copies into per-slot buffers rather than paged attention) keeps the blocks of
+every prefilled prompt and finished conversation, so a later prompt starting the same way (a system prompt, a
+sweep's prompt, a conversation's history) runs only its new tokens through the model.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -60,6 +68,11 @@ class EngineConfig:
     prefix_cache: bool = True
     prefix_cache_mb: float = 512.0
     prefix_block_tokens: int = 16
+    # While sequences decode, an admission step (a prefill, or a chunk of a longer prompt) runs between two of their
+    # decode steps and delays their next token: it computes as many prompt tokens as fit in `interleave_ratio`
+    # decode steps (measured as the engine runs), at least `interleave_min_tokens`. 0: no limit but prefill_tokens.
+    interleave_ratio: float = 2.0
+    interleave_min_tokens: int = 8
     share_prefill: bool = True  # equal prompts admitted in one step are prefilled once (n choices, a sweep's repeats)
 
 
@@ -108,6 +121,7 @@ class _Sequence:
 class _Step:
     kind: str  # "prefill", "chunk", "decode" or "reap"
     admitted: list[_Sequence] = field(default_factory=list)
+    tokens: int = 0  # prompt tokens this step may compute
 
 
 class _BatchCore:
@@ -126,6 +140,9 @@ class _BatchCore:
         self.decoding: list[_Sequence] = []  # decoding[i].slot == i
         self.staged: _Sequence | None = None  # a long prompt being prefilled in the staging slot
         self._turn = 0
+        self._last = ""
+        self._decode_ms: float | None = None  # moving averages of a decode step and of one prompt token's prefill
+        self._token_ms: float | None = None
         self.steps = 0
         self.tokens_generated = 0
         self.requests_finished = 0
@@ -159,6 +176,8 @@ class _BatchCore:
             reap = False
         free = self.config.max_batch - self.active
         chunk = self.config.prefill_tokens
+        if self.decoding and self.config.interleave_ratio > 0:  # running streams wait for this step: keep it short
+            chunk = min(chunk, self._interleave_budget())
         options: dict[str, list[_Sequence]] = {}
         if free > 0 and waiting:
             group = self._admissible(waiting, free, chunk)
@@ -174,18 +193,36 @@ class _BatchCore:
             options["decode"] = []
         if not options:
             return _Step("reap") if reap else None
-        order = ("prefill", "chunk", "decode")
-        for i in range(len(order)):
-            kind = order[(self._turn + i) % len(order)]
-            if kind in options:
-                self._turn = (order.index(kind) + 1) % len(order)
-                for seq in options[kind]:
-                    waiting.remove(seq)
-                    self.prompt_tokens += len(seq.prompt)
-                    if self.cache is not None and seq.hit is None:
-                        seq.hit = self.cache.acquire(seq.prompt)
-                return _Step(kind, options[kind])
-        return None
+        # Admission steps (a prefill, a chunk of a long prompt; these two take turns) alternate with decode steps:
+        # a running stream waits at most one bounded admission step between two of its tokens.
+        admit = [k for k in ("prefill", "chunk") if k in options]
+        if "decode" in options and (self._last != "decode" or not admit):
+            kind = "decode"
+        else:
+            kind = admit[self._turn % len(admit)]
+            self._turn += 1
+        self._last = kind
+        for seq in options[kind]:
+            waiting.remove(seq)
+            self.prompt_tokens += len(seq.prompt)
+            if self.cache is not None and seq.hit is None:
+                seq.hit = self.cache.acquire(seq.prompt)
+        return _Step(kind, options[kind], tokens=chunk)
+
+    def _interleave_budget(self) -> int:
+        """Prompt tokens that cost about `interleave_ratio` decode steps, from the measured step times."""
+        floor = self.config.interleave_min_tokens
+        if self._decode_ms is None or self._token_ms is None:
+            return max(floor, 32)
+        return max(floor, int(self.config.interleave_ratio * self._decode_ms / self._token_ms))
+
+    def _timed(self, attr: str, elapsed_s: float, count: int) -> None:
+        """Fold one measurement (ms per step or per prompt token) into a moving average."""
+        if count <= 0:
+            return
+        value = elapsed_s * 1000.0 / count
+        old = getattr(self, attr)
+        setattr(self, attr, value if old is None else 0.8 * old + 0.2 * value)
 
     def _uncached(self, seq: _Sequence) -> int:
         return len(seq.prompt) - (self.cache.peek(seq.prompt) if self.cache is not None else 0)
@@ -206,6 +243,8 @@ class _BatchCore:
                 group.append(seq)
                 continue
             cost = self._uncached(seq)
+            if 1 < cost < len(seq.prompt):  # a suffix after a cached prefix runs alone: count its run's overhead
+                cost = max(cost, self.config.interleave_min_tokens)
             if cost > chunk:
                 continue
             if cost == len(seq.prompt):
@@ -241,7 +280,7 @@ class _BatchCore:
             if plan.kind == "prefill":
                 self._prefill(plan.admitted, events)
             elif plan.kind == "chunk":
-                self._chunk(plan.admitted, events)
+                self._chunk(plan.admitted, events, plan.tokens)
             elif plan.kind == "decode":
                 self._decode_loop(events, emit, interrupted)
         except Exception as exc:
@@ -322,6 +361,7 @@ class _BatchCore:
                 groups.setdefault((seq.hit.tokens, len(seq.prompt)), []).append(seq)
         order = plain + [s for g in groups.values() for s in g]
         start = len(self.decoding)
+        started = time.perf_counter()
         try:
             # copies: the runner's logits buffer is reused by the next run
             parts = [self.runner.prefill(start, [s.prompt for s in plain]).copy()] if plain else []
@@ -354,9 +394,9 @@ class _BatchCore:
         finally:
             for seq in seqs:
                 self._release(seq)
-        self.prefill_tokens += sum(len(s.prompt) for s in plain) + sum(
-            len(s.prompt) - k for (k, _), g in groups.items() for s in g
-        )
+        computed = sum(len(s.prompt) for s in plain) + sum(len(s.prompt) - k for (k, _), g in groups.items() for s in g)
+        self.prefill_tokens += computed
+        self._timed("_token_ms", time.perf_counter() - started, computed)
         ordered = order + copies
         for seq in ordered:
             seq.length = seq.prefilled = len(seq.prompt)
@@ -368,7 +408,9 @@ class _BatchCore:
             self.cache.release(seq.hit)
         seq.hit = None
 
-    def _chunk(self, admitted: list[_Sequence], events: list[tuple[_Sequence, GenerationEvent]]) -> None:
+    def _chunk(
+        self, admitted: list[_Sequence], events: list[tuple[_Sequence, GenerationEvent]], tokens: int
+    ) -> None:
         if admitted:
             live = self._drop_cancelled(admitted, events)
             if not live:
@@ -379,10 +421,12 @@ class _BatchCore:
         seq = self.staged
         if seq is None:
             return
-        size = self.config.prefill_tokens
+        size = tokens
         piece = seq.prompt[seq.prefilled : seq.prefilled + size]
         try:
+            started = time.perf_counter()
             logits = self.runner.prefill_chunk(piece, seq.prefilled, len(seq.prompt))
+            self._timed("_token_ms", time.perf_counter() - started, len(piece))
         except Exception as exc:
             log.exception("chunked prefill failed")
             self.staged = None
@@ -436,7 +480,9 @@ class _BatchCore:
                 helper.prepare(self._render_and_emit, pending, events, emit)
                 pending, events = None, []
                 try:
+                    started = time.perf_counter()
                     logits = self.runner.decode(tokens, lengths, helper.start)
+                    self._timed("_decode_ms", time.perf_counter() - started, 1)
                 except Exception as exc:
                     helper.finish()
                     log.exception("decode step over %d sequences failed", len(seqs))
