@@ -217,12 +217,22 @@ async def test_score_rpc_gives_likelihood_and_perplexity(platform):
         wrong = await stub.Score(pb.ScoreRequest(context="The capital of France is", continuation=" Banana"))
         text = await stub.Score(pb.ScoreRequest(continuation="The quick brown fox jumps over the lazy dog.",
                                                 top_logprobs=2))
+        generated = await stub.Generate(pb.GenerateRequest(prompt="The capital of France is Paris.",
+                                                           prompt_logprobs=True,
+                                                           sampling=pb.SamplingParams(max_tokens=1)))
+        ids = [t.token_id for t in generated.prompt_logprobs]
+        rescored = await stub.Score(pb.ScoreRequest(context_token_ids=[1], continuation_token_ids=ids[:3]))
     assert right.model == MODEL and right.continuation_tokens == len(right.tokens) >= 1
     assert right.log_likelihood > wrong.log_likelihood and right.log_likelihood == pytest.approx(
         sum(t.logprob for t in right.tokens))
     assert text.context_tokens == 1 and text.continuation_tokens == len(text.tokens) > 5
     assert text.perplexity == pytest.approx(math.exp(-text.log_likelihood / text.continuation_tokens))
     assert all(len(t.top_logprobs) == 2 and t.token_id > 0 for t in text.tokens)
+    # Generate's prompt_logprobs: every prompt token but the first, as the Score RPC values them.
+    assert len(generated.prompt_logprobs) == generated.usage.prompt_tokens - 1
+    assert "".join(t.token for t in generated.prompt_logprobs) == " capital of France is Paris."
+    assert all(t.logprob <= 0 for t in generated.prompt_logprobs)
+    assert [t.token_id for t in rescored.tokens] == ids[:3]
 
 
 async def test_metrics_show_the_engine_and_its_prefix_cache(http, aclient):

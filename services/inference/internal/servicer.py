@@ -67,7 +67,9 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self._models = models
         self._usage = usage
 
-    async def _prepare(self, request: pb.GenerateRequest | pb.GenerateStreamRequest) -> tuple[ModelRecord, list]:
+    async def _prepare(
+        self, request: pb.GenerateRequest | pb.GenerateStreamRequest
+    ) -> tuple[ModelRecord, list, list[pb.TokenLogprob]]:
         if bool(request.prompt) == bool(request.messages):
             raise InvalidArgument("give exactly one of prompt and messages", reason="VALIDATION_ERROR",
                                   field_violations=[("prompt", "exactly one of prompt and messages")])
@@ -77,17 +79,26 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         params, n = sampling_params(request.sampling)
         record, backend = await self._models.resolve(request.model or self._models.settings.default_model)
         messages = [json_format.MessageToDict(m, preserving_proto_field_name=True) for m in request.messages] or None
-        streams = [
-            backend.generate(BackendRequest(
-                f"{current_request_id()}-{i}", record, p,
-                prompt=request.prompt if messages is None else None, messages=messages,
-            ))
+        requests = [
+            BackendRequest(f"{current_request_id()}-{i}", record, p,
+                           prompt=request.prompt if messages is None else None, messages=messages)
             for i, p in enumerate(fan_out(params, n))
         ]
-        return record, streams
+        prompt_logprobs: list[pb.TokenLogprob] = []
+        if request.prompt_logprobs:
+            if not isinstance(backend, OnnxBackend):
+                raise InvalidArgument(f"model {record.id!r} is served by {backend.kind!r}, which cannot score tokens",
+                                      reason="UNSUPPORTED_PARAMETER",
+                                      field_violations=[("prompt_logprobs", "scoring needs the in-process engine")])
+            ids = backend.prompt_ids(requests[0])
+            scored = await backend.prompt_logprobs(ids, params.top_logprobs)
+            prompt_logprobs = logprobs_pb([t for t in scored if not isinstance(t, str)])
+            for token, token_id in zip(prompt_logprobs, ids[1:], strict=True):
+                token.token_id = token_id
+        return record, [backend.generate(r) for r in requests], prompt_logprobs
 
     async def Generate(self, request: pb.GenerateRequest, context: Any) -> pb.GenerateResponse:
-        record, streams = await self._prepare(request)
+        record, streams, prompt_logprobs = await self._prepare(request)
         started = time.perf_counter()
         choices = [pb.GenerationChoice(index=i) for i in range(len(streams))]
         finals: list[GenerationEvent] = []
@@ -106,18 +117,19 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             usage=pb.Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
                            total_tokens=usage.total_tokens),
             latency_ms=round(latency_ms, 3), time_to_first_token_ms=round(min(ttft), 3) if ttft else 0.0,
-            backend=record.backend,
+            backend=record.backend, prompt_logprobs=prompt_logprobs,
         )
 
     async def GenerateStream(
         self, request: pb.GenerateStreamRequest, context: Any
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
-        record, streams = await self._prepare(request)
+        record, streams, prompt_logprobs = await self._prepare(request)
         started = time.perf_counter()
         finals: list[GenerationEvent] = []
         async for index, event in merge_streams(streams):
             out = pb.GenerateStreamResponse(id=current_request_id(), model=record.id, index=index, delta=event.text,
-                                            logprobs=logprobs_pb(event.logprobs))
+                                            logprobs=logprobs_pb(event.logprobs), prompt_logprobs=prompt_logprobs)
+            prompt_logprobs = []  # first message only
             if event.finish_reason is not None:
                 finals.append(event)
                 out.finish_reason = event.finish_reason
