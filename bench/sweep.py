@@ -6,7 +6,8 @@
 2. Shared prompt: 16 concurrent streams of that prompt (greedy, 64 new tokens): TTFT p50/p99.
 3. Burst: 4 streams decoding, then 16 new requests (eight prompts of different lengths) arrive at once; the running
    streams' inter-token latency p50/p99 while the burst is admitted (until every new request has its first
-   token) against the same streams' quiet figure just before.
+   token) against the same streams' quiet figure just before. "Before" also admits without the interleave budget
+   (a whole prefill of up to prefill_tokens between two decode steps).
 Usage: python -m bench.sweep [MODEL_DIR] [--threads 2] [--skip-before]
 MODEL_DIR defaults to $LLMLAB_MODEL_DIR, then the importer's cache.
 """
@@ -111,7 +112,8 @@ async def burst(engine: Engine, prompts: list[list[int]], new: int) -> dict:
 
 
 CONFIGS = {
-    "before (no prefix cache, no shared prefill)": {"prefix_cache": False, "share_prefill": False},
+    "before (no prefix cache/shared prefill/interleave)": {"prefix_cache": False, "share_prefill": False,
+                                                            "interleave_ratio": 0.0},
     "after (prefix cache + shared prefill)": {},
 }
 
@@ -141,24 +143,24 @@ def report(results: dict[str, dict]) -> None:
     print(f"sweep: one {first['prompt_tokens']}-token prompt x {len(TEMPERATURES) * len(TOP_PS)} combinations x "
           f"{RESPONSES} responses")
     if "sweep" in first:
-        print(f"  {'engine':<46}{'wall s':>8}{'prefill tok':>12}{'of prompt tok':>14}{'TTFT p50':>10}{'TTFT p99':>10}")
+        print(f"  {'engine':<52}{'wall s':>8}{'prefill tok':>12}{'of prompt tok':>14}{'TTFT p50':>10}{'TTFT p99':>10}")
     for name, r in results.items():
         if "sweep" not in r:
             continue
         s = r["sweep"]
-        print(f"  {name:<46}{s['wall_s']:>8.2f}{s['prefill_tokens']:>12}{s['prompt_tokens']:>14}"
+        print(f"  {name:<52}{s['wall_s']:>8.2f}{s['prefill_tokens']:>12}{s['prompt_tokens']:>14}"
               f"{s['ttft_p50_ms']:>10.0f}{s['ttft_p99_ms']:>10.0f}")
     print("16 concurrent streams sharing that prompt:")
     for name, r in results.items():
         if "shared16" in r:
             s = r["shared16"]
-            print(f"  {name:<46}TTFT p50 {s['ttft_p50_ms']:.0f} ms  p99 {s['ttft_p99_ms']:.0f} ms")
+            print(f"  {name:<52}TTFT p50 {s['ttft_p50_ms']:.0f} ms  p99 {s['ttft_p99_ms']:.0f} ms")
     print("inter-token latency of 4 running streams, quiet vs while 16 new requests are admitted:")
     for name, r in results.items():
         if "burst" not in r:
             continue
         b = r["burst"]
-        print(f"  {name:<46}quiet p50/p99 {b['quiet_p50_ms']:.1f}/{b['quiet_p99_ms']:.1f} ms  burst p50/p99 "
+        print(f"  {name:<52}quiet p50/p99 {b['quiet_p50_ms']:.1f}/{b['quiet_p99_ms']:.1f} ms  burst p50/p99 "
               f"{b['burst_p50_ms']:.1f}/{b['burst_p99_ms']:.1f} ms  ({b['burst_p99_ms'] / b['quiet_p99_ms']:.1f}x, "
               f"admitted in {b['admission_s']:.2f} s)")
     names = list(results)

@@ -66,7 +66,7 @@ class EngineConfig:
     # While sequences decode, an admission step (a prefill, or a chunk of a longer prompt) runs between two of their
     # decode steps and delays their next token: it computes as many prompt tokens as fit in `interleave_ratio`
     # decode steps (measured as the engine runs), at least `interleave_min_tokens`. 0: no limit but prefill_tokens.
-    interleave_ratio: float = 2.0
+    interleave_ratio: float = 1.0
     interleave_min_tokens: int = 8
     share_prefill: bool = True  # equal prompts admitted in one step are prefilled once (n choices, a sweep's repeats)
 
