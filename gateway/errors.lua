@@ -199,7 +199,8 @@ explain = function(e, text)
       end
       local name = string.match(ty, "^TYPE_(%u+%d*)$") or string.match(ty, "google%.protobuf%.(%w+)$")
       local shown = string.match(value, '^"(.*)"$') or value
-      if #shown > 64 then shown = sub(shown, 1, 64) .. "..." end
+      -- 64 bytes, backed off to a character boundary (a cut inside a UTF-8 sequence is not JSON text)
+      if #shown > 64 then shown = string.gsub(sub(shown, 1, 64), "[\192-\255][\128-\191]*$", "") .. "..." end
       return violation(e, field ~= "" and field or "body", "must be " .. (EXPECT[name or ""] or "an object"), shown)
     end
     if rest == "Root element must be a message." then return violation(e, "body", "must be a JSON object") end
@@ -209,6 +210,7 @@ explain = function(e, text)
       return
     end
   end
+  if find(text, "^Message too deep") then e.message = "The request body is nested too deeply"; return end
   if find(text, "^Could not resolve ") then e.message = "No endpoint for this method and path"; return end
   local lower = string.lower(text)
   for _, w in ipairs(INTERNAL_WORDS) do
@@ -301,7 +303,7 @@ local function respond(h, status, meta)
   local retry_after = extras.retry_after
   if status == 429 then
     local reset = tonumber(hd:get("x-ratelimit-reset") or "")
-    -- The auth service writes resets as epoch seconds (seeds 001, 003); a small number is a delta.
+    -- The auth service writes resets as epoch seconds (docs/auth.md); a small number is a delta.
     if reset and reset > 1000000000 then reset = math.max(1, reset - os.time()) end
     if retry_after == nil and reset then retry_after = reset end
     if retry_after ~= nil then hd:replace("retry-after", tostring(retry_after)) end
@@ -376,9 +378,19 @@ local function family_of(path)
   return "research"
 end
 
-local function header_bytes(hd)              -- Envoy's Lua has no byteSize(): about 2 us for 20 headers
-  local n = 0
-  for k, v in pairs(hd) do n = n + #k + #v end
+-- The size of all request headers (Envoy's Lua has no byteSize(): one pass over them), dropping on the way
+-- headers whose names gRPC refuses as metadata keys (only 0-9 a-z - _ . are allowed; HTTP also allows
+-- !#$%&'*+^`|~): forwarded, they failed the call with "Illegal header key" (500).
+local function header_bytes(hd)
+  local n, illegal = 0, nil
+  for k, v in pairs(hd) do
+    n = n + #k + #v
+    if byte(k, 1) ~= 58 and find(k, "[^0-9a-z_.%-]") then   -- 58 is ':' (pseudo-headers)
+      illegal = illegal or {}
+      illegal[#illegal + 1] = k
+    end
+  end
+  if illegal then for _, k in ipairs(illegal) do hd:remove(k) end end
   return n
 end
 

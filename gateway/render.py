@@ -4,7 +4,7 @@ The REST surface is whatever the ``google.api.http`` rules in ``protos/`` say: t
 the per-service routes and the streaming routes (no overall timeout) are all read from the descriptor set, so a
 new annotated RPC needs no gateway edit.
 
-Filter order (shared/DESIGN.md "Gateway", plus the body cap):
+Filter order (as README.md's diagram shows it):
 lua errors -> health_check -> cors -> buffer -> ext_authz -> grpc_json_transcoder -> ratelimit -> router.
 
 Contracts with the services:
@@ -17,8 +17,8 @@ Contracts with the services:
   bounded, no ids or query strings), ``principal`` (``x-llmlab-principal``) and ``limits`` (``x-llmlab-limits``,
   the principal's limits as ext_authz resolved them); without the last two there is no descriptor and no call
   (public routes, unlimited principals). The service's answer carries the X-RateLimit-* headers itself (epoch
-  resets, seed 003's -Requests/-Tokens on /v1) and, when over the limit, a google.rpc.Status body for the Lua
-  filter.
+  resets, the -Requests/-Tokens variants on /v1; docs/auth.md "Rate limits and quotas") and, when over the limit,
+  a google.rpc.Status body for the Lua filter.
 - ``auth=False`` (``--no-auth``) renders the same gateway without ext_authz and ratelimit: for measuring what they
   cost (bench/auth.py), never for serving.
 """
@@ -37,16 +37,16 @@ import tempfile
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2
+
+from llmlab.runtime.httprules import FAMILY_PREFIXES, method_bindings
+from llmlab.runtime.settings import DEFAULT_PORTS, SERVICES
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 ENVOY = ROOT / ".venv-envoy" / "bin" / "envoy"
-SERVICES = ("auth", "experiments", "inference", "metrics", "analytics", "files")
-LOCAL_PORTS = {svc: 50051 + i for i, svc in enumerate(SERVICES)}
 MIB = 1024 * 1024
 # Routes that carry file bodies: OpenAI files (multipart) and the signed upload URLs of the files service
-# (the brief's /files/uploads/ and transfers_service.proto's /uploads/{token}).
+# (/files/uploads/ and transfers_service.proto's /uploads/{token}).
 UPLOAD_PREFIXES = ("/v1/files", "/files/uploads", "/uploads")
 LUA_NAMESPACE = "llmlab.gateway"  # dynamic metadata the Lua filter writes (family, request_id)
 PACKAGE_RE = re.compile(r"^llmlab\.([a-z0-9_]+)\.v1$")
@@ -98,7 +98,7 @@ class GatewayConfig:
         for svc in SERVICES:
             if svc not in self.upstreams:
                 self.upstreams[svc] = (
-                    f"{svc}.{self.namespace}.svc.cluster.local:50051" if k8s else f"127.0.0.1:{LOCAL_PORTS[svc]}"
+                    f"{svc}.{self.namespace}.svc.cluster.local:50051" if k8s else f"127.0.0.1:{DEFAULT_PORTS[svc]}"
                 )
 
 
@@ -116,12 +116,6 @@ def _repo_path(p: str) -> pathlib.Path:
     return path if path.is_absolute() else ROOT / path
 
 
-def _has_http_rule(method: descriptor_pb2.MethodDescriptorProto) -> bool:
-    # Re-parse the options so the google.api.http extension (registered by annotations_pb2) is recognised.
-    opts = descriptor_pb2.MethodOptions.FromString(method.options.SerializeToString())
-    return opts.HasExtension(annotations_pb2.http)
-
-
 def transcoded_services(descriptor_bytes: bytes) -> list[TranscodedService]:
     """Services of ``llmlab.<svc>.v1`` packages with at least one google.api.http rule, in descriptor order."""
     fds = descriptor_pb2.FileDescriptorSet.FromString(descriptor_bytes)
@@ -129,7 +123,7 @@ def transcoded_services(descriptor_bytes: bytes) -> list[TranscodedService]:
     for f in fds.file:
         m = PACKAGE_RE.match(f.package)
         for svc in f.service:
-            if not any(_has_http_rule(meth) for meth in svc.method):
+            if not any(method_bindings(f"{f.package}.{svc.name}", meth) for meth in svc.method):
                 continue
             if not m or m.group(1) not in SERVICES:
                 raise ValueError(
@@ -308,11 +302,6 @@ def _routes(cfg: GatewayConfig, services: list[TranscodedService], upload_transc
         }
     )
     return routes
-
-
-# Path prefixes of the API families (the same table as errors.lua's family_of, first match wins).
-FAMILY_PREFIXES = (("/api/v1/", "native"), ("/api/", "lab"), ("/v1/", "serving"), ("/health", "ops"),
-                   ("/metrics", "ops"))
 
 
 def _family_mappers() -> list[dict]:

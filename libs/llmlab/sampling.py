@@ -4,9 +4,9 @@
     check_sampling({"temperature": t, "top_p": p, "max_tokens": m})                    # field "temperature", ...
     check_sampling({"max_length": m}, aliases={"max_length": "max_tokens"}, prefix="parameters.")
 
-`check_sampling` raises the seed 000 validation error (`validation_error(field, value, constraint)`) for the first
-value out of bounds; `violation` returns the constraint wording without raising (the engine and deploy/triton's
-model.py, which runs inside Triton without grpc, use it). Values given as None are "not set" and skipped. Protocols
+`check_sampling` raises `validation_error(field, value, constraint)` (llmlab.runtime.errors) for the first value
+out of bounds; `violation` returns the constraint wording without raising (the engine and deploy/triton's model.py,
+which runs inside Triton without grpc, use it). Values given as None are "not set" and skipped. Protocols
 with wider documented ranges (OpenAI accepts `top_p: 0` as greedy and `top_k: -1` as off) map those values first
 and read `lo`/`hi` from `BOUNDS` for their own message wording.
 
@@ -90,7 +90,8 @@ def check_sampling(
     """Raise `validation_error(prefix + key, value, constraint)` for the first value out of bounds.
 
     `values` maps request field names to values (None = not set); `aliases` maps a family's own name to the
-    parameter it stands for (the lab family's `max_length` is `max_tokens`). `stop` is checked for its count."""
+    parameter it stands for (the lab family's `max_length` is `max_tokens`). `stop` is checked for its count;
+    fields the table has no bound for (`seed`, `ignore_eos`) are passed over."""
     for key, value in values.items():
         if value is None:
             continue
@@ -98,7 +99,10 @@ def check_sampling(
             if len(value) > MAX_STOP_SEQUENCES:
                 _raise(prefix + key, len(value), f"must hold at most {MAX_STOP_SEQUENCES} stop sequences")
             continue
-        constraint = violation((aliases or {}).get(key, key), value)
+        name = (aliases or {}).get(key, key)
+        if name not in BOUNDS:  # seed, ignore_eos, ...: no bound in the table, nothing to check here
+            continue
+        constraint = violation(name, value)
         if constraint is not None:
             _raise(prefix + key, value, constraint)
 

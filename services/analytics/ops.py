@@ -16,7 +16,8 @@ from llmlab.analytics.v1 import ops_service_pb2 as pb
 from llmlab.analytics.v1 import ops_service_pb2_grpc as pb_grpc
 from llmlab.common.v1 import service_info_pb2, service_info_pb2_grpc
 from llmlab.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
-from llmlab.runtime import SERVICES, VERSION, ServiceApp, Unavailable, db
+from llmlab.openapi import reference, served_document
+from llmlab.runtime import SERVICES, VERSION, NotFound, ServiceApp, Unavailable, db
 from llmlab.runtime.context import ADMIN, current_principal
 from llmlab.runtime.envelope import iso, meta, utcnow
 from llmlab.runtime.metrics import merge_expositions
@@ -198,3 +199,19 @@ class OpsServicer(pb_grpc.OpsServiceServicer):
         body += "# HELP llmlab_service_up Whether the service answered the scrape\n"
         body += "# TYPE llmlab_service_up gauge\n" + up + "\n"
         return httpbody_pb2.HttpBody(content_type="text/plain; version=0.0.4; charset=utf-8", data=body.encode())
+
+    async def GetOpenApiDocument(self, request: pb.GetOpenApiDocumentRequest, context: Any) -> httpbody_pb2.HttpBody:
+        document = await asyncio.to_thread(served_document, VERSION)  # built once, off the event loop
+        return httpbody_pb2.HttpBody(content_type="application/json", data=document)
+
+    async def GetApiReference(self, request: pb.GetApiReferenceRequest, context: Any) -> httpbody_pb2.HttpBody:
+        return httpbody_pb2.HttpBody(content_type="text/html; charset=utf-8", data=reference.page())
+
+    async def GetApiReferenceAsset(
+        self, request: pb.GetApiReferenceAssetRequest, context: Any
+    ) -> httpbody_pb2.HttpBody:
+        found = await asyncio.to_thread(reference.asset, request.name)
+        if found is None:
+            raise NotFound("No such file of the API reference", reason="NOT_FOUND")
+        content_type, data = found
+        return httpbody_pb2.HttpBody(content_type=content_type, data=data)

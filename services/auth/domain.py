@@ -28,7 +28,7 @@ from .settings import AuthSettings
 
 log = structlog.get_logger(__name__)
 
-INVALID_TOKEN = "Invalid or expired authentication token"  # seed 001 §401
+INVALID_TOKEN = "Invalid or expired authentication token"  # one wording for every rejected token
 MISSING_TOKEN = "Missing authentication token: send Authorization: Bearer <token> or X-API-Key"
 # After a revocation the cache entry says so for this long; any fill that raced with the revocation loses.
 TOMBSTONE_SECONDS = 24 * 3600

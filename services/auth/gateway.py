@@ -125,8 +125,8 @@ def _epoch(ms: int) -> str:
 
 
 def rate_limit_headers(decision: Decision, serving: bool) -> list[tuple[str, str]]:
-    """X-RateLimit-Limit/-Remaining/-Reset (seeds 001, 004) for the binding request window, and on /v1 seed 003's
-    -Requests (per-minute requests) and -Tokens (per-minute tokens). Resets are epoch seconds, as the seeds show."""
+    """X-RateLimit-Limit/-Remaining/-Reset for the binding request window, and on /v1 the -Requests (per-minute
+    requests) and -Tokens (per-minute tokens) variants. Resets are epoch seconds (docs/auth.md)."""
     requests = [s for s in decision.states if not s.window.tokens]
     primary = decision.refused or _tightest(requests) or _tightest(decision.states)
     out: list[tuple[str, str]] = []
@@ -151,8 +151,8 @@ def retry_after(decision: Decision) -> int:
 
 
 def refusal(decision: Decision) -> ResourceExhausted:
-    """The 429 of a refused request: seed 003's quota_exceeded_error once the month's tokens are spent, else a
-    rate_limit_error; seed 001's retry_after, limit, remaining, reset_at in every family."""
+    """The 429 of a refused request: quota_exceeded_error once the month's tokens are spent, else a
+    rate_limit_error; retry_after, limit, remaining, reset_at in every family (docs/auth.md)."""
     s = decision.refused
     assert s is not None
     wait = retry_after(decision)

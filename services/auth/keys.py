@@ -12,14 +12,14 @@ from llmlab.runtime.text import visible_text
 from .limits import Tier, cap
 from .routes import PERMISSIONS
 
-FORBIDDEN = "You do not have permission to access this resource"  # seed 001 §403
+FORBIDDEN = "You do not have permission to access this resource"  # `required_permission` names what is missing
 MAX_KEY_NAME_CHARS = 255
 # Longer than any RFC 3339 timestamp with fractional seconds and an offset: refused before it is parsed.
 MAX_TIMESTAMP_CHARS = 40
 
 
 def _invalid(field: str, value: object, constraint: str) -> InvalidArgument:
-    """Seed 000's validation error with a sentence for a message: this route answers in the OpenAI family's body,
+    """`validation_error` with a sentence for a message: this route answers in the OpenAI family's body,
     which shows only `message` and `param`, so the message carries the constraint."""
     return validation_error(field, value, constraint, message=f"`{field}` {constraint}")
 

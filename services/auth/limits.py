@@ -1,10 +1,10 @@
-"""Rate-limit tiers (seeds 001 and 003) and the effective limits of a principal, as carried to the rate-limit check.
+"""Rate-limit tiers and the effective limits of a principal, as carried to the rate-limit check.
 
-One tier holds both seeds' figures: seed 001's requests per hour with a burst (here: requests in any one second)
-and seed 003's requests and tokens per minute. Seed 001 has no per-minute figures for Standard and seed 003 has no
-Standard tier: its per-minute figures lie between Free and Pro. Monthly token quotas are not in the seeds except
-Pro's 50,000,000 (seed 003 §GET /usage/billing `tokens_per_month`); Free and Standard scale down from it.
-0 means unlimited everywhere.
+One tier holds two kinds of figures (docs/auth.md "Rate limits and quotas"): requests per hour with a burst (here:
+requests in any one second), which every family's X-RateLimit-* headers report, and requests and tokens per minute,
+which the serving family's -Requests/-Tokens headers report. Standard's per-minute figures lie between Free and Pro.
+Pro's monthly token quota is the 50,000,000 the billing object's `tokens_per_month` limit shows; Free and Standard
+scale down from it. 0 means unlimited everywhere.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Which permission each route needs: the REST path (or gRPC method path) → its RPC → a permission.
 
-The REST surface is read from the google.api.http annotations of the generated llmlab packages, exactly as the
-gateway's transcoder reads it, so a new annotated RPC is covered without a second route list. Permissions are given
-per service (one for reads — GET — and one for writes) with per-method exceptions; an RPC of a service missing from
-the table needs `admin`, and a unit test fails until the table names it.
+The REST surface is read from the google.api.http annotations of the generated llmlab packages through
+llmlab.runtime.httprules, the reader the gateway's rendering uses too, so a new annotated RPC is covered without a
+second route list. Permissions are given per service (one for reads — GET — and one for writes) with per-method
+exceptions; an RPC of a service missing from the table needs `admin`, and a unit test fails until the table names it.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ import re
 from dataclasses import dataclass
 from types import ModuleType
 
-from google.api import annotations_pb2
-
 from llmlab.runtime.context import ADMIN
+from llmlab.runtime.httprules import PUBLIC_RPCS, descriptor_bindings
 from llmlab.runtime.settings import SERVICES
 
 INFERENCE = "inference"
@@ -28,7 +27,7 @@ EXPERIMENTS_WRITE = "experiments:write"
 FILES = "files"
 USAGE = "usage"
 KEYS = "keys"
-# The vocabulary (seed 003 names `inference`, `models.read`; seed 001 `experiments:write`).
+# The vocabulary (docs/auth.md).
 PERMISSIONS = (ADMIN, INFERENCE, MODELS_READ, MODELS_WRITE, EXPERIMENTS_READ, EXPERIMENTS_WRITE, FILES, USAGE, KEYS)
 
 EXP = (EXPERIMENTS_READ, EXPERIMENTS_WRITE)
@@ -66,24 +65,13 @@ METHOD_PERMISSIONS: dict[str, str] = {
     "/llmlab.inference.v1.NativeService/NativeLoadModel": MODELS_WRITE,
     "/llmlab.metrics.v1.EvaluationService/EvaluateModel": INFERENCE,
 }
-# API_MAP.md "Auth": no credential needed. Signed upload/download URLs are authorised by their signature.
-PUBLIC_RPCS = frozenset({
-    "/llmlab.analytics.v1.OpsService/GetHealth",
-    "/llmlab.analytics.v1.OpsService/GetReadiness",
-    "/llmlab.analytics.v1.OpsService/GetMetrics",
-    "/llmlab.auth.v1.AuthService/CreateToken",
-    "/llmlab.auth.v1.AuthService/RefreshToken",
-    "/llmlab.files.v1.TransferService/PutSignedUpload",
-    "/llmlab.files.v1.TransferService/GetSignedDownload",
-})
+# PUBLIC_RPCS (no credential needed) lives in llmlab.runtime.httprules: the OpenAPI document reads it too.
 PUBLIC_PATHS = frozenset({"/healthz"})  # Envoy's own health check (answered before ext_authz anyway)
-# Any valid credential, no particular permission (seed 001: /health/detailed needs a credential).
+# Any valid credential, no particular permission (README: /health/detailed needs a credential).
 AUTHENTICATED_RPCS = frozenset({
     "/llmlab.analytics.v1.OpsService/GetDetailedHealth",
     "/llmlab.analytics.v1.OpsService/GetApiHealth",
 })
-
-_VERBS = ("get", "put", "post", "delete", "patch")
 
 
 @dataclass(frozen=True)
@@ -139,16 +127,8 @@ def load_routes() -> list[Route]:
     for module in _pb2_modules():
         for service in module.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
-                opts = method.GetOptions()
-                if not opts.HasExtension(annotations_pb2.http):
-                    continue
-                rule = opts.Extensions[annotations_pb2.http]
-                rpc = f"/{service.full_name}/{method.name}"
-                for binding in [rule, *rule.additional_bindings]:
-                    verb = binding.WhichOneof("pattern")
-                    if verb in _VERBS:
-                        v = verb.upper()
-                        routes.append(Route(v, getattr(binding, verb), rpc, rpc in PUBLIC_RPCS, permission_for(rpc, v)))
+                for b in descriptor_bindings(method):
+                    routes.append(Route(b.verb, b.template, b.rpc, b.rpc in PUBLIC_RPCS, permission_for(b.rpc, b.verb)))
     return routes
 
 

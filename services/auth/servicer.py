@@ -58,7 +58,8 @@ def _principal(identity: Identity, active: bool) -> pb.Principal:
 
 
 class AuthServicer(pb_grpc.AuthServiceServicer):
-    """Seed 001's token endpoints, seed 003's API keys, and the internal usage and principal lookups."""
+    """The research family's token endpoints, the serving family's API keys, and the internal usage and principal
+    lookups."""
 
     def __init__(self, auth: Auth) -> None:
         self._auth = auth

@@ -28,7 +28,7 @@ MAX_NAME_CHARS = 255
 MAX_MODEL_CHARS = 200
 MAX_DESCRIPTION_CHARS = 10_000
 MAX_EXPERIMENT_ID = 2**31 - 1  # ids are Postgres `integer`s
-# The parameters each bulk action takes (seed 000 §7.2), with their JSON kind; any other key is refused.
+# The parameters each bulk action (`POST /api/experiments/bulk`) takes, with their JSON kind; any other key is refused.
 BULK_PARAMS: dict[str, dict[str, type]] = {
     "favorite": {"favorited": bool},
     "unfavorite": {"favorited": bool},
@@ -359,8 +359,8 @@ def _bulk_params(action: str, params: Any) -> dict[str, Any]:
 
 
 def bulk_action(action: str, ids: Any, params: Any) -> BulkAction:
-    """Validate a whole bulk request (seed 000 §7.2) before anything changes. `ids` and `params` are the JSON
-    values as the client sent them (a list, an object, or None when absent)."""
+    """Validate a whole bulk request (`POST /api/experiments/bulk`) before anything changes. `ids` and `params` are
+    the JSON values as the client sent them (a list, an object, or None when absent)."""
     validate_choice("action", action, BULK_ACTIONS)
     result = BulkAction(action=action, ids=_bulk_ids(ids))
     given = _bulk_params(action, params)

@@ -17,13 +17,13 @@ _AGG = """
                coalesce(sum(r.cost), 0)      AS total_cost,
                sum(r.response_time_ms)       AS duration_ms,
                count(*)                      AS generated
-        FROM responses r WHERE r.experiment_id = e.id
+        FROM responses r WHERE r.experiment_id = e.id AND r.status = 'completed'
     ) agg ON true
 """
 _COLUMNS = """
     e.id, e.uuid, e.name, e.description, e.type, e.status, e.model, e.prompt, e.parameters,
     e.parameter_ranges, e.response_count, e.tags, e.favorited, e.archived, e.created_at, e.updated_at,
-    agg.quality_score, agg.total_cost, agg.duration_ms
+    agg.quality_score, agg.total_cost, agg.duration_ms, agg.generated
 """
 _SORT_SQL = {
     "created_at": "e.created_at",
@@ -56,6 +56,7 @@ class ExperimentRow:
     quality_score: float | None
     total_cost: float
     duration_ms: int | None
+    generated: int = 0
 
     @classmethod
     def from_record(cls, r: asyncpg.Record) -> ExperimentRow:
@@ -79,6 +80,7 @@ class ExperimentRow:
             quality_score=r["quality_score"],
             total_cost=float(r["total_cost"] or 0),
             duration_ms=r["duration_ms"],
+            generated=r["generated"],
         )
 
 
@@ -170,7 +172,7 @@ class ExperimentRepository:
     async def responses(self, experiment_id: int) -> list[ResponseRow]:
         rows = await self._pool.fetch(
             """SELECT id, content, quality_metrics, response_time_ms, token_count, cost
-               FROM responses WHERE experiment_id = $1 ORDER BY id""",
+               FROM responses WHERE experiment_id = $1 AND status = 'completed' ORDER BY id""",
             experiment_id,
         )
         return [

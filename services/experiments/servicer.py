@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
 from google.protobuf.message import Message
 
 from llmlab.experiments.v1 import experiments_service_pb2 as pb
@@ -12,9 +12,10 @@ from llmlab.experiments.v1 import experiments_service_pb2_grpc as pb_grpc
 from llmlab.runtime import NotFound
 from llmlab.runtime.envelope import iso, meta, pagination, seconds_text, value
 
-from . import domain
+from . import analysis, domain
 from .models import ModelRegistry
 from .repository import ExperimentRepository, ExperimentRow, ResponseRow
+from .response_repository import ResponseRepository
 
 _PARAMETER_FIELDS = ("temperature", "top_p", "max_tokens", "frequency_penalty", "presence_penalty")
 
@@ -34,7 +35,7 @@ def _duration(row: ExperimentRow) -> Any:
 
 
 def _common(row: ExperimentRow) -> dict[str, Any]:
-    """The fields the list item (§1.1) and the full experiment (§1.2) share."""
+    """The fields the list item (`GET /api/experiments`) and the full experiment (`GET /api/experiments/{id}`) share."""
     return {
         "id": row.id,
         "name": row.name,
@@ -45,7 +46,8 @@ def _common(row: ExperimentRow) -> dict[str, Any]:
         "prompt": row.prompt,
         "parameters": _parameters(row.parameters),
         "quality_score": value(_round(row.quality_score)),
-        "response_count": row.response_count,
+        # The responses generated so far once there are any; before that, how many a run generates by default.
+        "response_count": row.generated or row.response_count,
         "total_cost": row.total_cost,
         "duration": _duration(row),
         "created_at": iso(row.created_at),
@@ -82,6 +84,12 @@ def _detail(row: ExperimentRow, responses: list[ResponseRow]) -> pb.ExperimentDe
     return detail
 
 
+def _struct(values: dict[str, Any]) -> struct_pb2.Struct:
+    out = struct_pb2.Struct()
+    out.update(values)
+    return out
+
+
 def _not_found(experiment_id: int) -> NotFound:
     return NotFound(
         f"Experiment with ID {experiment_id} not found",
@@ -91,11 +99,12 @@ def _not_found(experiment_id: int) -> NotFound:
 
 
 class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
-    """Seed 000 §1 and §7 over the experiments store."""
+    """The lab family's `/api/experiments` routes (CRUD, stats, history, bulk actions) over the experiments store."""
 
-    def __init__(self, repo: ExperimentRepository, models: ModelRegistry) -> None:
+    def __init__(self, repo: ExperimentRepository, models: ModelRegistry, responses: ResponseRepository) -> None:
         self._repo = repo
         self._models = models
+        self._responses = responses
 
     async def _detail_data(self, row: ExperimentRow) -> pb.ExperimentData:
         return pb.ExperimentData(experiment=_detail(row, await self._repo.responses(row.id)))
@@ -167,6 +176,27 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
             raise _not_found(request.id)
         return pb.UpdateExperimentResponse(success=True, data=await self._detail_data(row), meta=meta())
 
+    async def GetExperimentStats(
+        self, request: pb.GetExperimentStatsRequest, context: Any
+    ) -> pb.GetExperimentStatsResponse:
+        if await self._repo.get(request.id) is None:
+            raise _not_found(request.id)
+        records, failed = await self._responses.of_experiment(request.id)
+        o = analysis.overview(records, failed)
+        return pb.GetExperimentStatsResponse(success=True, meta=meta(), data=pb.ExperimentStatsData(
+            experiment_id=request.id,
+            overview=pb.StatsOverview(
+                total_responses=o.total_responses, average_quality=o.quality.average, best_quality=o.quality.best,
+                worst_quality=o.quality.worst, total_cost=o.total_cost,
+                total_duration=seconds_text(o.total_duration_ms), success_rate=o.success_rate),
+            quality_breakdown=pb.QualityBreakdown(**{
+                d: pb.MetricSummary(average=s.average, best=s.best, worst=s.worst) for d, s in o.breakdown.items()}),
+            parameter_performance=[
+                pb.ParameterPerformance(parameters=_struct(g.parameters), average_quality=g.average_quality,
+                                        response_count=g.response_count)
+                for g in analysis.parameter_performance(records)],
+        ))
+
     async def DeleteExperiment(
         self, request: pb.DeleteExperimentRequest, context: Any
     ) -> pb.DeleteExperimentResponse:
@@ -213,7 +243,8 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
                         favorited=r.favorited,
                         archived=r.archived,
                         summary=pb.HistorySummary(
-                            response_count=r.response_count, total_cost=r.total_cost, duration=_duration(r)
+                            response_count=r.generated or r.response_count, total_cost=r.total_cost,
+                            duration=_duration(r),
                         ),
                     )
                     for r in rows

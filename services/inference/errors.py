@@ -8,7 +8,7 @@ from .engine import ContextLengthExceeded, EngineOverloaded, EngineStopped, Inva
 
 
 class ModelNotLoaded(Unavailable):
-    """Seed 004: the model is registered but no engine holds it (HTTP 503, code MODEL_NOT_LOADED)."""
+    """The model is registered but no engine holds it (HTTP 503, code MODEL_NOT_LOADED)."""
 
     default_reason = "MODEL_NOT_LOADED"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import structlog
 
+from llmlab.pricing import generation_cost
 from llmlab.runtime import ServiceApp
 from llmlab.runtime.context import current_request_id, principal_var
 
@@ -48,8 +49,8 @@ class UsageRecorder:
             "time_to_first_token_ms": round(min(ttfts), 3) if ttfts else None,
             "choices": len(finals),
             "finish_reasons": [e.finish_reason for e in finals],
-            "cost": round(usage.prompt_tokens * model.input_cost_per_token
-                          + usage.completion_tokens * model.output_cost_per_token, 10),
+            "cost": generation_cost(usage.prompt_tokens, usage.completion_tokens, model.input_cost_per_token,
+                                    model.output_cost_per_token),
         }
         if self._app.events is not None:
             try:

@@ -1,13 +1,34 @@
-"""Wiring of the metrics service. Its endpoints answer UNIMPLEMENTED until the metrics issue lands."""
+"""Wiring of the metrics service: its spec (a schema for stored scores, Redis for events) and servicers."""
 
 from __future__ import annotations
 
+import pathlib
+
 from llmlab.runtime import ServiceApp, ServiceSpec
+
+from .judge import Judge
+from .repository import ScoreRepository
+from .servicer import MetricsServicer, ScoringServicer
+from .settings import MetricsSettings
 
 
 async def setup(app: ServiceApp) -> None:
-    app.serve_package("llmlab.metrics.v1", {})
+    assert app.db is not None
+    repo = ScoreRepository(app.db)
+    settings = app.settings
+    assert isinstance(settings, MetricsSettings)
+    # The channel connects lazily; without a judge model the inference service is never called from here.
+    judge = (Judge(app.channel("inference"), settings.judge_model, settings.judge_max_tokens,
+                   settings.judge_timeout_seconds) if settings.judge_model else None)
+    app.serve_package("llmlab.metrics.v1", {
+        "ScoringService": ScoringServicer(repo, app.events, judge),
+        "MetricsService": MetricsServicer(repo),
+    })
 
 
-# No storage and no events yet: no migrations, no Postgres pool, no Redis client.
-SPEC = ServiceSpec(name="metrics", setup=setup, uses_redis=False)
+SPEC = ServiceSpec(
+    name="metrics",
+    setup=setup,
+    settings_cls=MetricsSettings,
+    migrations=pathlib.Path(__file__).parent / "migrations",
+)

@@ -102,7 +102,7 @@ async def platform(run_id, database_url, redis_url) -> AsyncIterator[Platform]:
 
 
 async def login(platform: Platform) -> dict:
-    """POST /auth/token as the admin: seed 001's token pair."""
+    """POST /auth/token as the admin: the token pair."""
     async with httpx.AsyncClient(base_url=platform.gateway_url, timeout=30) as client:
         r = await client.post("/auth/token", json={"username": platform.admin_username,
                                                    "password": platform.admin_password})

@@ -1,4 +1,4 @@
-"""Auth through the real Envoy: seed 001 tokens with rotation, seed 003 API keys, ext_authz, exact rate limits,
+"""Auth through the real Envoy: JWT tokens with rotation, API keys, ext_authz, exact rate limits,
 token limits fed by streamed usage, monthly quotas."""
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ async def test_api_keys_seed_003_shape_headers_permissions_and_revocation(http, 
     mine = next(k for k in listed["data"] if k["id"] == created["id"])
     assert "api_key" not in mine and created["api_key"] not in str(listed)
 
-    # Both ways of presenting it (seed 003 Bearer, seed 001 X-API-Key).
+    # Both ways of presenting it (Bearer, X-API-Key; docs/auth.md).
     assert (await anonymous.get("/v1/models", headers=bearer(created))).status_code == 200
     assert (await anonymous.get("/v1/models", headers={"x-api-key": created["api_key"]})).status_code == 200
     # A permission it lacks: 403 naming it, in each family's shape.

@@ -1,4 +1,4 @@
-"""The lab experiments resource through Envoy with plain HTTP, in seed 000's shapes (§1.1-1.5, §7.1-7.2)."""
+"""The lab experiments resource through Envoy with plain HTTP in the lab family's shapes: CRUD, history, bulk."""
 
 import asyncio
 import datetime as dt

@@ -127,3 +127,11 @@ async def test_public_metrics_name_no_internal_rpc(http, anonymous):
     text = (await anonymous.get("/metrics")).text
     assert 'path="/api/experiments' in text or "http_requests_total" in text
     assert "/llmlab." not in text
+
+
+@pytest.mark.parametrize(("path", "family"), [("/api/experiments", "lab"), ("/experiments", "research"),
+                                              ("/api/v1/generate", "native"), ("/v1/chat/completions", "serving")])
+async def test_a_thousand_levels_of_nesting_is_400_in_every_family(http, path, family):
+    body = '{"model": "m", "name": "x", "prompt": "p", "messages": ' + "[" * 1000 + "]" * 1000 + "}"
+    r = await http.post(path, content=body.encode(), headers={"content-type": "application/json"})
+    assert_family_error(r, family, 400)

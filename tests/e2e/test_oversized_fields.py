@@ -11,7 +11,7 @@ import pathlib
 import httpx
 from google.protobuf import descriptor_pb2
 
-from llmlab.runtime.httprules import file_set_bindings
+from llmlab.runtime.httprules import family, file_set_bindings
 
 from .test_hardening import assert_family_error
 
@@ -21,13 +21,6 @@ WRITES = ("POST", "PUT", "PATCH", "DELETE")
 # One cheap read per service whose answer is known before the load starts.
 UNRELATED = {"experiments": "/api/experiments", "inference": "/v1/models", "auth": "/v1/auth/api-keys",
              "analytics": "/api/health", "metrics": "/api/metrics/1", "files": "/v1/files"}
-FAMILIES = (("/api/v1/", "native"), ("/api/", "lab"), ("/v1/", "serving"), ("/health", "ops"))
-
-
-def family(path: str) -> str:
-    return next((f for prefix, f in FAMILIES if path.startswith(prefix)), "research")
-
-
 def _messages(fds: descriptor_pb2.FileDescriptorSet) -> dict[str, descriptor_pb2.DescriptorProto]:
     out = {}
     for f in fds.file:

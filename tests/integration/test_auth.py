@@ -192,9 +192,9 @@ async def test_free_tier_burst_then_requests_per_minute(replicas):
         answers = await asyncio.gather(*(a.admitted(ok) for _ in range(n)))
         return sum(x.overall_code == rls_pb2.RateLimitResponse.OK for x in answers)
 
-    assert await wave(15) == 10  # seed 001 Free: burst 10
+    assert await wave(15) == 10  # Free: burst 10 (docs/auth.md)
     await asyncio.sleep(1.1)
-    assert await wave(15) == 10  # seed 003 Free: 20 per minute
+    assert await wave(15) == 10  # Free: 20 per minute (docs/auth.md)
     await asyncio.sleep(1.1)
     assert await wave(5) == 0
     refused = await a.admitted(ok, family="research")
@@ -281,7 +281,7 @@ async def test_keys_only_for_authenticated_callers(replicas):
 
 
 def violation(err: grpc.aio.AioRpcError) -> dict:
-    """The seed 000 details {field, value, constraint} of an INVALID_ARGUMENT answer."""
+    """The validation_error details {field, value, constraint} of an INVALID_ARGUMENT answer."""
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, err
     for detail in rpc_status.from_call(err).details:
         if detail.Is(struct_pb2.Struct.DESCRIPTOR):

@@ -1,4 +1,4 @@
-"""The lab experiments resource over gRPC against the real Postgres (seed 000 §1.1-1.5, §7.1-7.2), with the
+"""The lab experiments resource over gRPC against the real Postgres (CRUD, history and bulk actions), with the
 inference service on port 0 as the model registry that `model` is checked against."""
 
 import datetime as dt
@@ -76,7 +76,7 @@ def params(**values) -> struct_pb2.Struct:
 
 
 def violation(err: grpc.aio.AioRpcError) -> dict:
-    """The details of an error answer: seed 000's {field, value, constraint}, or the not-found ids."""
+    """The details of an error answer: the lab validation error's {field, value, constraint}, or the not-found ids."""
     for detail in rpc_status.from_call(err).details:
         if detail.Is(struct_pb2.Struct.DESCRIPTOR):
             details = struct_pb2.Struct()
@@ -205,7 +205,7 @@ async def test_history_timeline_and_favorites(stub, experiments_app):
     ]
     by_id = {e["id"]: e for e in data["experiments"]}
     assert by_id[b.id]["quality_score"] == 85.0
-    assert by_id[b.id]["summary"] == {"response_count": 1, "total_cost": 0.03, "duration": "3.2s"}
+    assert by_id[b.id]["summary"] == {"response_count": 2, "total_cost": 0.03, "duration": "3.2s"}
     assert by_id[c.id]["quality_score"] is None and by_id[c.id]["summary"]["duration"] is None
 
     fav = await stub.GetExperimentHistory(pb.GetExperimentHistoryRequest(favorited=True, sort_by="name",

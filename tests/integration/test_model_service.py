@@ -1,5 +1,5 @@
 """ModelService over gRPC: the inference service in process on port 0, against the real Postgres and Redis, with the
-embedded SmolLM2-135M-Instruct loaded (seeds 000 §9.1, 002 §Models, 001 §Models).
+embedded SmolLM2-135M-Instruct loaded: the lab family's `/api/models...` and the research family's `/models...`.
 
 The embedded model comes from the import cache (~/.cache/llmlab/models or $LLMLAB_MODEL_CACHE). Without it the
 tests skip, unless LLMLAB_REQUIRE_MODEL=1, which makes a missing model a failure.
@@ -246,7 +246,7 @@ async def test_lab_generate_returns_real_text_with_usage(stub, inference_app, re
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
     assert usage["backend"] == "onnx" and usage["latency_ms"] > 0 and usage["time_to_first_token_ms"] > 0
 
-    # The same seed 002 defaults apply when the body gives none, and the text is still a real answer.
+    # The lab servicer's LAB_DEFAULTS apply when the body gives none, and the text is still a real answer.
     defaults = (await stub.GenerateLabText(pb.GenerateLabTextRequest(id=EMBEDDED, prompt="Name a color."))).data
     assert as_json(defaults.parameters) == {"temperature": 0.7, "max_length": 100, "top_p": 0.9, "top_k": 50}
     assert len(defaults.text) > len("Name a color.")

@@ -9,9 +9,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from llmlab.common.v1 import service_info_pb2, service_info_pb2_grpc
+from llmlab.experiments.v1 import batch_experiments_service_pb2, batch_experiments_service_pb2_grpc
 from llmlab.experiments.v1 import experiments_service_pb2 as pb
 from llmlab.experiments.v1 import experiments_service_pb2_grpc as pb_grpc
-from llmlab.experiments.v1 import responses_service_pb2, responses_service_pb2_grpc
+from llmlab.runtime import ServiceApp, ServiceSpec
 
 
 async def test_health_reports_serving_per_service(experiments_channel):
@@ -46,11 +47,11 @@ async def test_service_info_and_metrics(experiments_channel):
 
 
 async def test_unimplemented_rpc_is_a_clean_501(experiments_channel):
-    stub = responses_service_pb2_grpc.ResponseServiceStub(experiments_channel)
+    stub = batch_experiments_service_pb2_grpc.BatchExperimentServiceStub(experiments_channel)
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.GetResponse(responses_service_pb2.GetResponseRequest(id=1))
+        await stub.GetBatchExperiment(batch_experiments_service_pb2.GetBatchExperimentRequest(id=1))
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert err.value.details() == "GetResponse is not implemented yet"
+    assert err.value.details() == "GetBatchExperiment is not implemented yet"
     st = status_pb2.Status.FromString(dict(err.value.trailing_metadata())["grpc-status-details-bin"])
     info = error_details_pb2.ErrorInfo()
     st.details[0].Unpack(info)
@@ -111,11 +112,13 @@ async def _schema_exists(database_url: str, schema: str) -> bool:
 
 
 async def test_a_service_without_storage_opens_no_pool_and_creates_no_schema(app_factory, database_url, schema):
-    """metrics declares no migrations (no storage yet): no schema, no pool, no Redis client; it still serves."""
+    """A spec without migrations and without Redis: no schema, no pool, no Redis client; it still serves."""
     from llmlab.metrics.v1 import evaluation_service_pb2, evaluation_service_pb2_grpc
-    from services.metrics.app import SPEC
 
-    app = await app_factory(SPEC)
+    async def setup(app: ServiceApp) -> None:
+        app.serve_package("llmlab.metrics.v1", {})
+
+    app = await app_factory(ServiceSpec(name="metrics", setup=setup, uses_redis=False))
     try:
         assert app.db is None and app.redis is None
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:

@@ -111,7 +111,7 @@ def test_bare_date_upper_bound_covers_the_whole_day():
 def test_bulk_actions():
     fav = domain.bulk_action("favorite", [3, 1, 3], None)
     assert fav.ids == [3, 1] and fav.favorited is True
-    # params.favorited overrides what the action implies (seed 000 §7.2 sends both).
+    # params.favorited overrides what the action implies (a client may send both).
     assert domain.bulk_action("favorite", [1], {"favorited": False}).favorited is False
     assert domain.bulk_action("unarchive", [1], {}).archived is False
     # Ids arrive as JSON numbers (floats once they are google.protobuf.Values).

@@ -1,4 +1,4 @@
-"""llmlab.sampling: the one table of sampling bounds and its checker (the seed 000 validation error)."""
+"""llmlab.sampling: the one table of sampling bounds and its checker (`validation_error`)."""
 
 from __future__ import annotations
 
@@ -43,3 +43,8 @@ def test_prefix_aliases_and_stop_count():
     with pytest.raises(InvalidArgument) as exc:
         check_sampling({"stop": ["x"] * (MAX_STOP_SEQUENCES + 1)})
     assert exc.value.details["field"] == "stop"
+
+
+def test_fields_without_a_bound_are_passed_over():
+    # The native API hands every sampling field it read, seed included (found by the fuzz suite: KeyError -> 500).
+    check_sampling({"seed": -3, "ignore_eos": True, "top_k": 3, "stop": [""]})

@@ -14,7 +14,7 @@ from .context import current_request_id
 
 
 def iso(ts: dt.datetime) -> str:
-    """RFC 3339 UTC with second precision and a Z, as the seeds write timestamps."""
+    """RFC 3339 UTC with second precision and a Z, the API's timestamps (docs/api.md "Common conventions")."""
     return ts.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -58,7 +58,7 @@ def value(v: Any) -> struct_pb2.Value:
 
 
 def seconds_text(ms: float) -> str:
-    """A duration like the seeds write it: "3.2s", "45m", "1h5m"."""
+    """A duration as the API writes it: "3.2s", "45m", "1h5m"."""
     seconds = ms / 1000
     if seconds < 60:
         return f"{seconds:.1f}s"

@@ -114,7 +114,7 @@ class DomainError(Exception):
         return self.http_status or HTTP_STATUS[self.grpc_code]
 
     def to_status(self) -> status_pb2.Status:
-        """google.rpc.Status with ErrorInfo (+ Struct details, + BadRequest) per protos/README.md §Errors."""
+        """google.rpc.Status with ErrorInfo (+ Struct details, + BadRequest) per protos/README.md "Errors"."""
         code = getattr(code_pb2, self.grpc_code.name)
         st = status_pb2.Status(code=code, message=self.message)
         meta = dict(self.metadata)
@@ -162,7 +162,7 @@ class AlreadyExists(DomainError):
 
 
 class FailedPrecondition(DomainError):
-    """A semantically impossible request: HTTP 422 (seed 000/001 "Unprocessable Entity")."""
+    """A semantically impossible request: HTTP 422 (`unprocessable_entity`, docs/api.md "research")."""
 
     grpc_code = grpc.StatusCode.FAILED_PRECONDITION
     default_reason = "UNPROCESSABLE_ENTITY"
@@ -195,7 +195,8 @@ class Internal(DomainError):
 
 
 def validation_error(field: str, value: Any, constraint: str, message: str | None = None) -> InvalidArgument:
-    """The seed 000 validation error: details {field, value, constraint} plus a BadRequest violation."""
+    """The validation error of every family: details {field, value, constraint} (docs/api.md "lab") plus a
+    BadRequest violation."""
     return InvalidArgument(
         message or "Validation failed",
         details={"field": field, "value": bounded(value), "constraint": constraint},

@@ -1,4 +1,4 @@
-"""Prometheus metrics of one service, on its own registry, with the documented names (API_MAP "ops")."""
+"""Prometheus metrics of one service, on its own registry, with the documented names (docs/api.md "ops")."""
 
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ def trim(text: str) -> str:
 
 def visible_text(field: str, value: Any, *, max_chars: int, required: bool = True) -> str:
     """A short text field: a string, trimmed, at most `max_chars` characters, with at least one visible character
-    (required) or empty. Raises the seed 000 validation error naming `field`."""
+    (required) or empty. Raises `validation_error` naming `field`."""
     if not isinstance(value, str):
         raise validation_error(field, scalar(value), "must be a string")
     text = trim(value)

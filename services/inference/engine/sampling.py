@@ -51,7 +51,9 @@ class RequestSampler:
         self.top_p = float(params.top_p)
         self.want_logprobs = bool(params.logprobs) or params.top_logprobs > 0
         self.top_logprobs = int(params.top_logprobs)
-        self.rng = np.random.default_rng(params.seed if seed is None else seed)
+        chosen = params.seed if seed is None else seed
+        # The APIs carry int64 seeds (OpenAI's may be negative); numpy takes non-negative ones: the same 64 bits.
+        self.rng = np.random.default_rng(None if chosen is None else chosen % 2**64)
         self._repetition = float(params.repetition_penalty)
         self._frequency = float(params.frequency_penalty)
         self._presence = float(params.presence_penalty)

@@ -1,5 +1,6 @@
 """The model catalogue: providers and how the platform reaches their models, and the request values both model
-API families share (names, backend objects, seed 001's config columns), checked before the registry stores them."""
+API families share (names, backend objects, the research family's config columns), checked before the registry
+stores them."""
 
 from __future__ import annotations
 
@@ -150,7 +151,7 @@ def serving_from(obj: Any, provider: str, field: str) -> dict[str, Any] | None:
 
 
 def _renamed(exc: InvalidArgument, prefix: str, field: str, values: Mapping[str, Any]) -> InvalidArgument:
-    """A registry validation error about `<prefix>.<key>` as the seed 000 validation error on `<field>.<key>`."""
+    """A registry validation error about `<prefix>.<key>` as `validation_error` on `<field>.<key>`."""
     if not exc.field_violations:
         return exc
     name, constraint = exc.field_violations[0]
@@ -162,7 +163,7 @@ def _renamed(exc: InvalidArgument, prefix: str, field: str, values: Mapping[str,
 
 
 def registry_error(exc: InvalidArgument, values: Mapping[str, Any]) -> InvalidArgument:
-    """A registry validation error with the seed 000 details (field, value, constraint)."""
+    """A registry validation error as `validation_error` with its details (field, value, constraint)."""
     if not exc.field_violations:
         return exc
     name, constraint = exc.field_violations[0]
@@ -179,7 +180,7 @@ LAB_SAMPLING = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k"
 
 
 def research_columns(config: Mapping[str, Any], field: str = "config") -> dict[str, Any]:
-    """Registry columns that seed 001's free-form `config` determines (so the other families see them)."""
+    """Registry columns that the research family's free-form `config` determines (so the other families see them)."""
     out: dict[str, Any] = {}
     for key in ("max_context_window", "context_window"):
         if config.get(key) is not None:

@@ -1,5 +1,5 @@
-"""ModelService's lab family: the registry as seeds 000 §9.1 and 002 §Models see it (`/api/models...`, the
-`{success, data, meta}` envelope), and seed 002's one-shot generation through a model's backend."""
+"""ModelService's lab family: the registry as `/api/models...` sees it (the `{success, data, meta}` envelope,
+docs/api.md "lab"), and the one-shot generation of `/api/models/{id}/generate` through a model's backend."""
 
 from __future__ import annotations
 
@@ -30,25 +30,25 @@ from .catalogue import (
 from .manager import ModelManager
 from .registry import ModelRecord, NewModel, slugify
 
-# Seed 002 "Generate Text": the documented request values double as the defaults.
+# `/api/models/{id}/generate`: what neither the body nor the model's stored `parameters` give takes these values.
 LAB_DEFAULTS = {"temperature": 0.7, "max_length": 100, "top_p": 0.9, "top_k": 50}
 
-_LAB_LIST_STATUS = {"available": "active"}  # seed 000 §9.1; the other states keep their canonical name
+_LAB_LIST_STATUS = {"available": "active"}  # the lab list says "active"; the other states keep their canonical name
 
 
 def lab_list_status(status: str) -> str:
-    """Seed 000 §9.1's spelling: "active" for a servable model."""
+    """The status of a `GET /api/models` item: "active" for a servable model, other states as stored."""
     return _LAB_LIST_STATUS.get(status, status)
 
 
 def lab_item_status(status: str) -> str:
-    """Seed 002's spelling: "AVAILABLE", "LOADING", ..."""
+    """The status of a single model (`GET /api/models/{id}`, `POST /api/models`): upper case, "AVAILABLE", ..."""
     return status.upper()
 
 
 
 def lab_text(prompt: str, answer: str) -> str:
-    """Seed 002's `text`: the prompt followed by what the model wrote. A chat model often restates the prompt
+    """The generated `text`: the prompt followed by what the model wrote. A chat model often restates the prompt
     before continuing it; then its answer already is the prompt followed by the continuation."""
     head = answer.lstrip()
     if prompt.strip() and head.lower().startswith(prompt.strip().lower()):
@@ -59,7 +59,7 @@ def lab_text(prompt: str, answer: str) -> str:
 
 
 def lab_model(r: ModelRecord, *, detail: bool = False) -> pb.LabModel:
-    """The union of seed 000's and 002's model fields; `parameters` only on the single-model view."""
+    """One LabModel shape for the list and the single-model view; `parameters` only on the latter."""
     model = pb.LabModel(
         id=r.id, name=r.name, provider=r.provider, base_model=r.base_model,
         status=lab_item_status(r.status) if detail else lab_list_status(r.status),

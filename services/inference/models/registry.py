@@ -142,7 +142,7 @@ def parse_model_size(text: str) -> int | None:
 
 
 def size_class_for(parameter_count: int | None) -> str:
-    """Seed 003's size buckets: small < 3B <= medium < 15B <= large < 80B <= xl."""
+    """The `size` filter's buckets of `GET /v1/models`: small < 3B <= medium < 15B <= large < 80B <= xl."""
     if parameter_count is None or parameter_count < 3e9:
         return "small"
     if parameter_count < 15e9:
@@ -379,7 +379,7 @@ class ModelRegistry:
 
     async def update(self, key: str, changes: Mapping[str, Any]) -> ModelRecord:
         """Change the given fields of the model with slug or UUID `key`. `config` is merged at the top level
-        (a None value removes the key, seed 001 "Update a Model"); every other field is replaced."""
+        (a None value removes the key); every other field is replaced."""
         unknown = sorted(set(changes) - UPDATABLE)
         if unknown:
             raise InvalidArgument(
@@ -491,7 +491,7 @@ def _db_value(column: str, value: Any) -> Any:
 
 
 def _research_config(manifest: Manifest) -> dict[str, Any]:
-    """Seed 001's free-form `config` of the embedded model."""
+    """The research family's free-form `config` of the embedded model."""
     return {
         "max_context_window": manifest.context_window,
         "quantization": manifest.quantization,

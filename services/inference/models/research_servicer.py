@@ -1,5 +1,5 @@
-"""ModelService's research family: the registry as seed 001 §Models sees it (`/models...`, bare objects, offset
-and cursor paging), and the provider catalogue."""
+"""ModelService's research family: the registry as `/models...` sees it (bare objects, offset and cursor paging:
+docs/api.md "research"), and the provider catalogue."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ DEFAULT_LIMIT, MAX_LIMIT = 20, 100
 
 
 def research_config(r: ModelRecord) -> dict[str, Any]:
-    """Seed 001's `config`: what was stored, plus how the platform reaches the model (no secret is stored)."""
+    """The research model's `config`: what was stored, plus how the platform reaches the model (no secret is stored)."""
     return {**r.config, "backend": {"type": r.backend, **r.backend_config}}
 
 
@@ -154,8 +154,8 @@ class ResearchModels:
             ),
         )
         if offset is None:
-            # Neither offset nor after: seed 001 shows this first request both ways, so it answers both, and its
-            # end_cursor starts cursor paging.
+            # Neither offset nor after: a first request may go on either way, so it answers both (pagination and
+            # links for offset paging, page_info whose end_cursor starts cursor paging).
             out.page_info.CopyFrom(self._page_info(page, has_next=has_more, has_previous=False))
         return out
 

@@ -11,7 +11,7 @@ from .research_servicer import ResearchModels
 
 
 class ModelServicer(LabModels, ResearchModels, pb_grpc.ModelServiceServicer):
-    """Seed 000 §9.1, seed 002 §Models (lab_servicer) and seed 001 §Models (research_servicer)."""
+    """The lab family's `/api/models...` (lab_servicer) and the research family's `/models...` (research_servicer)."""
 
     def __init__(self, models: ModelManager, usage: UsageRecorder) -> None:
         self._models = models

@@ -1,1 +1,1 @@
-"""NativeService: seed 004's local inference API."""
+"""NativeService: the native local inference API under `/api/v1` (docs/api.md "native")."""

@@ -1,4 +1,4 @@
-"""NativeService: seed 004's local inference API (`/api/v1/generate`, `.../stream`, `/models`, `/batch/generate`)."""
+"""NativeService: the native local inference API (`/api/v1/generate`, `.../stream`, `/models`, `/batch/generate`)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def _gb(n: float) -> str:
 
 
 def sampling(msg: Any, default_max_tokens: int = DEFAULT_MAX_TOKENS) -> SamplingParams:
-    """Seed 004's request fields (generate, stream and batch items share them) as SamplingParams."""
+    """The native request fields (generate, stream and batch items share them) as SamplingParams."""
     return sampling_from_proto(msg, {"temperature": 0.7, "max_tokens": default_max_tokens})
 
 
@@ -43,7 +43,8 @@ def usage_pb(event: GenerationEvent) -> common_pb.Usage:
 
 
 class NativeServicer(pb_grpc.NativeServiceServicer):
-    """Seed 004's endpoints. A plain `prompt` is an instruction to a chat model: it goes through the chat template."""
+    """The native `/api/v1` endpoints. A plain `prompt` is an instruction to a chat model: it goes through the
+    chat template."""
 
     def __init__(self, models: ModelManager, usage: UsageRecorder) -> None:
         self._models = models

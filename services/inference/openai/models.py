@@ -1,4 +1,4 @@
-"""`GET /v1/models`: a registered model as OpenAI's model object plus seed 003's fields, filters and paging."""
+"""`GET /v1/models`: a registered model as OpenAI's model object plus our catalogue fields, filters and paging."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ MODEL_SIZES = ("small", "medium", "large", "xl")
 
 @dataclass(frozen=True)
 class ModelPricing:
-    """Seed 003's `pricing`."""
+    """A model's `pricing`: the price of `per_tokens` input and output tokens in `currency`."""
 
     input_tokens: float = 0.0
     output_tokens: float = 0.0
@@ -29,7 +29,7 @@ class ModelPricing:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """A registered model as `/v1/models` shows it: OpenAI's fields plus seed 003's."""
+    """A registered model as `/v1/models` shows it: OpenAI's fields plus our catalogue fields (docs/api.md)."""
 
     id: str
     name: str
@@ -54,8 +54,8 @@ def _rfc3339(ts: datetime) -> str:
 
 
 def render_model(model: ModelInfo) -> dict[str, Any]:
-    """`{id, object: "model", created, owned_by}` and seed 003's fields, named as `OpenAIModel` in the proto
-    (so `json_format.ParseDict` fills the message)."""
+    """`{id, object: "model", created, owned_by}` and the catalogue fields (name, provider, category, pricing, ...),
+    named as `OpenAIModel` in the proto (so `json_format.ParseDict` fills the message)."""
     created = model.created_at if model.created_at.tzinfo else model.created_at.replace(tzinfo=UTC)
     return {
         "id": model.id,

@@ -15,11 +15,11 @@ from services.auth.limits import TIERS, Limits, cap, tier
 from services.auth.settings import AuthSettings
 
 
-def test_tiers_hold_both_seeds_figures():
-    assert (TIERS["free"].requests_per_hour, TIERS["free"].burst) == (100, 10)  # seed 001
+def test_tiers_hold_hourly_and_per_minute_figures():
+    assert (TIERS["free"].requests_per_hour, TIERS["free"].burst) == (100, 10)  # hourly with a burst
     assert (TIERS["standard"].requests_per_hour, TIERS["standard"].burst) == (1_000, 50)
     assert (TIERS["pro"].requests_per_hour, TIERS["pro"].burst) == (10_000, 200)
-    assert (TIERS["free"].requests_per_minute, TIERS["free"].tokens_per_minute) == (20, 40_000)  # seed 003
+    assert (TIERS["free"].requests_per_minute, TIERS["free"].tokens_per_minute) == (20, 40_000)  # per minute
     assert (TIERS["pro"].requests_per_minute, TIERS["pro"].tokens_per_minute) == (3_500, 90_000)
     assert tier("professional") is TIERS["pro"]
     assert not any(dataclasses.astuple(TIERS["enterprise"])[1:])  # unlimited

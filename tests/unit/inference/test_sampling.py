@@ -131,6 +131,15 @@ def test_same_seed_same_draws_and_batch_position_does_not_matter() -> None:
     assert alone != [sampler(**{**params, "seed": 12}).choose(r.copy()) for r in rows]
 
 
+def test_negative_int64_seeds_are_seeds_too() -> None:
+    # OpenAI's seed is any int64; numpy's generators take non-negative seeds (found by the fuzz suite: a 500).
+    rows = np.random.default_rng(3).standard_normal((10, 50)).astype(np.float32)
+    params = {"temperature": 1.0, "seed": -1_096_641_774}
+    a, b = sampler(**params), sampler(**params)
+    assert [a.choose(r.copy()) for r in rows] == [b.choose(r.copy()) for r in rows]
+    assert sampler(temperature=1.0, seed=-(2**63)).choose(rows[0].copy()) is not None
+
+
 def test_logprobs_are_the_models_distribution() -> None:
     logits = np.array([[2.0, 1.0, 0.0, -1.0]], np.float32)
     expected = logits[0] - np.log(np.exp(logits[0]).sum())

@@ -1,4 +1,4 @@
-"""`/v1/models` objects: OpenAI's model shape with seed 003's fields, filters and paging."""
+"""`/v1/models` objects: OpenAI's model shape with our registry's fields, filters and paging."""
 
 from __future__ import annotations
 
