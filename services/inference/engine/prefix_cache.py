@@ -14,6 +14,12 @@ prefix; a lookup walks a prompt's full blocks until the first miss. At least one
 compute (the model must produce the last position's logits). The entry keeps its tokens and parent key, and a hit is
 verified against both, so a hash collision costs a miss, never a wrong prefix.
 
+What is cached: the blocks of every prefilled prompt (written right after its prefill) and, when a sequence ends, of
+its whole history (prompt and generated tokens, for a conversation's next turn). Prompt blocks hold exactly what a
+prefill computes, so greedy output over a cached prompt prefix is token-for-token the uncached output (tests).
+History blocks were written one token per decode step; a prefill of the same tokens computes them equal to float
+rounding, not bitwise, so a next turn served from them matches an uncached run except at rare near-ties.
+
 Lifetime: a block has a reference count. A lookup takes a reference on every matched block (the scheduler does it
 when it admits a request); the step that copies them into the request's buffer (or the request's cancellation)
 releases them. Blocks with no reference stay cached and are evictable, least recently used first; when released,
