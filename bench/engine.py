@@ -3,8 +3,10 @@
 The measurement the inference issue compares against: a ~101-token chat prompt, 128 new tokens (EOS ignored),
 greedy, 2 intra-op threads. Aggregate figures are given two ways: end to end (all completion tokens / wall time from
 the first submission to the last token, prefills included) and decode phase (tokens streamed while every stream is
-decoding / that time), the latter being what the onnxruntime-genai batch figure measures.
+decoding / that time), the latter being what the onnxruntime-genai batch figure measures. The prefix cache is off
+unless --prefix-cache: the single-stream prompt repeats, and a cache hit would hide its prefill.
 Usage: python bench/engine.py [MODEL_DIR] [--threads 2] [--max-new 128] [--streams 1,4,8,16] [--repeats 3]
+       [--prefix-cache]
 MODEL_DIR defaults to $LLMLAB_MODEL_DIR, then /tmp/model-work/onnx.
 """
 
@@ -94,11 +96,13 @@ async def main() -> None:
     ap.add_argument("--streams", default="1,4,8,16")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument("--prefix-cache", action="store_true")
     args = ap.parse_args()
     stream_counts = [int(s) for s in args.streams.split(",") if s]
 
     t = time.perf_counter()
-    engine = Engine.from_dir(args.model_dir, EngineConfig(max_batch=args.max_batch, threads=args.threads))
+    config = EngineConfig(max_batch=args.max_batch, threads=args.threads, prefix_cache=args.prefix_cache)
+    engine = Engine.from_dir(args.model_dir, config)
     load_s = time.perf_counter() - t
     await engine.start()
     tok = engine.tokenizer
@@ -108,7 +112,7 @@ async def main() -> None:
         s = await single(engine, prompts[0], args.max_new, args.repeats)
         print(
             f"model {args.model_dir}  threads {args.threads}  load {load_s:.2f}s  prompt {len(prompts[0])} tokens  "
-            f"new {args.max_new}"
+            f"new {args.max_new}  prefix cache {'on' if args.prefix_cache else 'off'}"
         )
         print(
             f"single stream ({args.repeats} runs, median / best): decode {s['decode_tok_s']:.1f} / "

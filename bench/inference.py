@@ -1,10 +1,13 @@
-"""Inference speed in one run: our engine through the gateway (OpenAI SSE) vs llama.cpp and onnxruntime-genai.
+"""Inference speed in one run: our engine through the gateway (OpenAI SSE) vs llama.cpp and onnxruntime-genai,
+then the lab-shaped workloads of bench/sweep.py in process.
 
 Ours: single-stream decode tok/s and TTFT on a ~100-token prompt with 128 new tokens, then aggregate tok/s and
 TTFT p50/p99 at 1/4/8/16 concurrent streams (eight prompts of different lengths), all through Envoy with the
-`openai` wire format. Peers: the same prompts on llama-cpp-python (GGUF) and onnxruntime-genai (our ONNX artifact),
-run by bench/peers.py in .venv-bench (built once by `make bench-peers`; skipped when absent).
-Usage: python bench/inference.py [--new 128] [--concurrency 1,4,8,16]
+`openai` wire format; once with the prefix cache off (LLMLAB_INFERENCE_PREFIX_CACHE_MB=0: every prompt prefilled,
+the figures comparable with the peers') and once with it on (the single-stream prompt repeats, so its TTFT is a
+cache hit). Peers: the same prompts on llama-cpp-python (GGUF) and onnxruntime-genai (our ONNX artifact), run by
+bench/peers.py in .venv-bench (built once by `make bench-peers`; skipped when absent).
+Usage: python -m bench.inference [--new 128] [--concurrency 1,4,8,16] [--no-peers] [--no-sweep]
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 
 import httpx
 
+from bench import sweep
 from bench._stack import admin_key, percentile, running_platform
 from bench.prompts import BATCH, LONG
 from services.inference.artifacts import default_cache_dir
@@ -56,9 +60,10 @@ async def stream_once(http: httpx.AsyncClient, prompt: str, new: int, headers: d
             "seconds": end - started}
 
 
-async def ours(new: int, levels: list[int]) -> dict:
+async def ours(new: int, levels: list[int], cache_mb: str) -> dict:
     results: dict = {}
-    async with running_platform() as cfg, httpx.AsyncClient(base_url=cfg.gateway_url, timeout=300) as http:
+    async with running_platform(LLMLAB_INFERENCE_PREFIX_CACHE_MB=cache_mb) as cfg, \
+            httpx.AsyncClient(base_url=cfg.gateway_url, timeout=300) as http:
         headers = {"authorization": f"Bearer {await admin_key(cfg)}"}
         await stream_once(http, LONG, 8, headers)  # warm-up
         singles = [await stream_once(http, LONG, new, headers) for _ in range(3)]
@@ -100,33 +105,47 @@ async def main() -> int:
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--concurrency", default="1,4,8,16")
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--no-sweep", action="store_true")
     a = ap.parse_args()
     levels = [int(c) for c in a.concurrency.split(",")]
     print(f"model {MODEL} (int8 ONNX), {a.new} new tokens, greedy, {os.cpu_count()} cores shared by everything")
-    mine = await ours(a.new, levels)
-    print("\nllmlab through Envoy (/v1/chat/completions, SSE):")
-    print(f"  single stream: {mine['single']['decode_tok_s']} tok/s decode, TTFT {mine['single']['ttft_ms']} ms")
-    print(f"  {'streams':>8}{'agg tok/s':>11}{'TTFT p50':>10}{'TTFT p99':>10}")
-    for conc in levels:
-        r = mine[conc]
-        print(f"  {conc:>8}{r['aggregate_tok_s']:>11}{r['ttft_p50_ms']:>10}{r['ttft_p99_ms']:>10}")
-    if a.no_peers:
-        return 0
-    other = peers(a.new)
+    tables: dict[str, dict] = {}
+    for label, cache_mb in (("prefix cache off", "0"), ("prefix cache on", "512")):
+        mine = tables[label] = await ours(a.new, levels, cache_mb)
+        print(f"\nllmlab through Envoy (/v1/chat/completions, SSE), {label}:")
+        print(f"  single stream: {mine['single']['decode_tok_s']} tok/s decode, TTFT {mine['single']['ttft_ms']} ms")
+        print(f"  {'streams':>8}{'agg tok/s':>11}{'TTFT p50':>10}{'TTFT p99':>10}")
+        for conc in levels:
+            r = mine[conc]
+            print(f"  {conc:>8}{r['aggregate_tok_s']:>11}{r['ttft_p50_ms']:>10}{r['ttft_p99_ms']:>10}")
+    if not a.no_peers:
+        compare(tables["prefix cache off"], peers(a.new))  # every prompt prefilled, as the peers do
+    if not a.no_sweep:
+        print("\nlab-shaped workloads, engine in process (bench/sweep.py):")
+        sweep.report(await sweep.run(str(default_cache_dir() / MODEL), 2, 64))
+    return 0
+
+
+def compare(mine: dict, other: dict) -> None:
     print("\npeers, same prompts, 2 threads, in process (no HTTP):")
     print(json.dumps(other, indent=2))
+    if "skipped" in other or "error" in other:
+        return
     llama = other.get("llama.cpp", {}).get("single_stream_tok_s")
     genai = other.get("onnxruntime-genai", {})
     if llama:
         single = mine["single"]["decode_tok_s"]
         agg8 = mine.get(8, {}).get("aggregate_tok_s")
+        agg16 = mine.get(16, {}).get("aggregate_tok_s")
         print(f"\nsingle stream vs llama.cpp: {single / llama:.2f}x (target >= 1.2x)")
         if agg8:
             print(f"aggregate at 8 streams vs llama.cpp single stream: {agg8 / llama:.2f}x (target >= 2.5x)")
+        if agg16:
+            print(f"aggregate at 16 streams vs llama.cpp single stream: {agg16 / llama:.2f}x (target >= 5x)")
     if genai.get("single_stream_tok_s"):
         print(f"vs onnxruntime-genai: single {mine['single']['decode_tok_s']} vs {genai['single_stream_tok_s']} tok/s,"
-              f" batch 8 {mine.get(8, {}).get('aggregate_tok_s')} vs {genai.get('aggregate_tok_s_batch8')} tok/s")
-    return 0
+              f" batch 8 {mine.get(8, {}).get('aggregate_tok_s')} vs {genai.get('aggregate_tok_s_batch8')} tok/s"
+              f" ({mine['single']['decode_tok_s'] / genai['single_stream_tok_s']:.2f}x single; target >= 1x)")
 
 
 if __name__ == "__main__":

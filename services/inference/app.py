@@ -6,6 +6,7 @@ import pathlib
 
 from llmlab.runtime import ServiceApp, ServiceSpec
 
+from .engine.metrics import EngineCollector
 from .internal.servicer import InferenceServicer
 from .models.manager import ModelManager
 from .models.registry import ModelRegistry
@@ -23,6 +24,9 @@ async def setup(app: ServiceApp) -> None:
     models = ModelManager(ModelRegistry(app.db), settings)
     await models.start()
     app.on_stop(models.stop)
+    app.metrics.registry.register(
+        EngineCollector(lambda: [(m.record.id, m.engine.stats()) for m in list(models.loaded.values())])
+    )
     usage = UsageRecorder(app)
     app.serve_package(
         "llmlab.inference.v1",

@@ -18,3 +18,4 @@ class InferenceSettings(ServiceSettings):
     threads: int = 0  # intra-op threads; 0: every core
     max_batch: int = 16  # sequences decoded together
     max_queue: int = 256  # requests waiting for a slot before "overloaded"
+    prefix_cache_mb: float = 512.0  # host memory for the engine's prefix cache (engine/prefix_cache.py); 0: off

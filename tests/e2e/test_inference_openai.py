@@ -3,6 +3,7 @@ unmodified, against the embedded SmolLM2 model on our engine."""
 
 import asyncio
 import json
+import math
 
 import httpx
 import openai
@@ -184,3 +185,65 @@ async def _engine_active(platform) -> int:
     async with platform.channel("inference") as channel:
         status = await pb_grpc.InferenceServiceStub(channel).GetEngineStatus(pb.GetEngineStatusRequest())
     return status.active_requests + status.queued_requests
+
+
+async def test_completions_echo_logprobs_score_the_prompt(aclient):
+    """echo + logprobs + max_tokens 0: the prompt's token logprobs in the legacy format, first token null."""
+    prompt = "The capital of France is Paris."
+    r = await aclient.completions.create(model=MODEL, prompt=prompt, echo=True, logprobs=3, max_tokens=0)
+    choice = r.choices[0]
+    lp = choice.logprobs
+    assert choice.text == prompt and r.usage.completion_tokens == 0 and choice.finish_reason == "length"
+    assert "".join(lp.tokens) == prompt and len(lp.tokens) == r.usage.prompt_tokens
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert all(x is not None and x <= 0 for x in lp.token_logprobs[1:])
+    assert all(0 < len(alts) <= 4 and lp.tokens[i + 1] in alts for i, alts in enumerate(lp.top_logprobs[1:]))
+    assert lp.text_offset[0] == 0 and lp.text_offset[-1] == len(prompt) - len(lp.tokens[-1])
+    # With generation the prompt's entries come first, then the completion's, the same values for the prompt.
+    more = await aclient.completions.create(model=MODEL, prompt=prompt, echo=True, logprobs=1, max_tokens=4,
+                                            temperature=0)
+    both = more.choices[0].logprobs
+    assert both.tokens[: len(lp.tokens)] == lp.tokens and len(both.tokens) == len(lp.tokens) + 4
+    assert both.token_logprobs[1 : len(lp.tokens)] == pytest.approx(lp.token_logprobs[1:], abs=1e-6)
+
+
+async def test_score_rpc_gives_likelihood_and_perplexity(platform):
+    from llmlab.inference.v1 import inference_service_pb2 as pb
+    from llmlab.inference.v1 import inference_service_pb2_grpc as pb_grpc
+
+    async with platform.channel("inference") as channel:
+        stub = pb_grpc.InferenceServiceStub(channel)
+        right = await stub.Score(pb.ScoreRequest(context="The capital of France is", continuation=" Paris"))
+        wrong = await stub.Score(pb.ScoreRequest(context="The capital of France is", continuation=" Banana"))
+        text = await stub.Score(pb.ScoreRequest(continuation="The quick brown fox jumps over the lazy dog.",
+                                                top_logprobs=2))
+        generated = await stub.Generate(pb.GenerateRequest(prompt="The capital of France is Paris.",
+                                                           prompt_logprobs=True,
+                                                           sampling=pb.SamplingParams(max_tokens=1)))
+        ids = [t.token_id for t in generated.prompt_logprobs]
+        rescored = await stub.Score(pb.ScoreRequest(context_token_ids=[1], continuation_token_ids=ids[:3]))
+    assert right.model == MODEL and right.continuation_tokens == len(right.tokens) >= 1
+    assert right.log_likelihood > wrong.log_likelihood and right.log_likelihood == pytest.approx(
+        sum(t.logprob for t in right.tokens))
+    assert text.context_tokens == 1 and text.continuation_tokens == len(text.tokens) > 5
+    assert text.perplexity == pytest.approx(math.exp(-text.log_likelihood / text.continuation_tokens))
+    assert all(len(t.top_logprobs) == 2 and t.token_id > 0 for t in text.tokens)
+    # Generate's prompt_logprobs: every prompt token but the first, as the Score RPC values them.
+    assert len(generated.prompt_logprobs) == generated.usage.prompt_tokens - 1
+    assert "".join(t.token for t in generated.prompt_logprobs) == " capital of France is Paris."
+    assert all(t.logprob <= 0 for t in generated.prompt_logprobs)
+    assert [t.token_id for t in rescored.tokens] == ids[:3]
+
+
+async def test_metrics_show_the_engine_and_its_prefix_cache(http, aclient):
+    messages = [{"role": "system", "content": "You answer in one short sentence. " * 8},
+                {"role": "user", "content": "Name a color."}]
+    for _ in range(2):
+        await aclient.chat.completions.create(model=MODEL, messages=messages, max_tokens=2)
+    text = (await http.get("/metrics")).text
+    values = {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith("llmlab_engine_") and f'model="{MODEL}"' in line}
+    for name in ("running_sequences", "queue_depth", "kv_blocks_used", "kv_blocks_free",
+                 "prefix_cache_hit_rate", "prefix_cache_hit_tokens_total"):
+        assert "llmlab_engine_" + name in values, name
+    assert values["llmlab_engine_prefix_cache_hit_tokens_total"] >= 64 and values["llmlab_engine_kv_blocks_used"] > 0

@@ -11,6 +11,8 @@ import os
 import pathlib
 from collections.abc import AsyncIterator
 
+import numpy as np
+import onnxruntime as ort
 import pytest
 
 from services.inference.artifacts import default_cache_dir
@@ -105,3 +107,66 @@ async def test_long_prompt_chunked_prefill_matches_one_shot(engine: Engine) -> N
         await chunked.stop()
     assert out.token_ids == one_shot.token_ids
     assert any(color in out.text.lower() for color in ("white", "green", "blue"))  # on topic, if not always right
+
+
+def direct_logprobs(engine: Engine, tokens: list[int]) -> np.ndarray:
+    """log-softmax of one plain full-logits forward pass of the model as built (no KV cache reuse, no chunks)."""
+    graph = engine.artifact.graph
+    session = ort.InferenceSession(str(engine.artifact.path / "model.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {"input_ids": np.array([tokens], np.int64), "attention_mask": np.ones((1, len(tokens)), np.int64)}
+    for name in graph.past_key_names + graph.past_value_names:
+        feeds[name] = np.zeros((1, graph.num_kv_heads, 0, graph.head_size), np.float32)
+    logits = session.run(["logits"], feeds)[0][0, :-1, : engine.tokenizer.vocab_size].astype(np.float64)
+    peak = logits.max(axis=1, keepdims=True)
+    return logits - (peak + np.log(np.exp(logits - peak).sum(axis=1, keepdims=True)))
+
+
+async def test_prompt_logprobs_equal_a_direct_full_logits_pass(engine: Engine) -> None:
+    text = "The capital of France is Paris. The capital of Germany is Berlin. Snow is white and grass is green. " * 6
+    tokens = engine.tokenizer.encode(text)
+    expected = direct_logprobs(engine, tokens)
+    chunked = Engine(engine.artifact, EngineConfig(max_batch=2, prefill_tokens=48, warmup=False))
+    await chunked.start()
+    try:
+        for scorer in (engine, chunked):  # one pass, and chunks of 48 over a KV buffer
+            scored = await scorer.score(tokens, top_logprobs=3)
+            assert [s.token_id for s in scored] == tokens[1:]
+            got = np.array([s.logprob for s in scored])
+            want = expected[np.arange(len(tokens) - 1), tokens[1:]]
+            assert np.abs(got - want).max() < 1e-3
+            for i in (0, len(scored) // 2, len(scored) - 1):
+                best = np.argsort(-expected[i], kind="stable")[:3]
+                assert [t for t, _ in scored[i].top] == best.tolist()
+                assert np.allclose([lp for _, lp in scored[i].top], expected[i, best], atol=1e-3)
+                assert scored[i].greedy == (best[0] == tokens[i + 1])
+    finally:
+        await chunked.stop()
+
+
+async def test_scoring_between_decode_steps_leaves_generation_unchanged(engine: Engine) -> None:
+    req = chat(engine, QUESTIONS[1], temperature=0.0, max_tokens=40)
+    alone = await collect(engine.generate(req))
+    tokens = engine.tokenizer.encode("A sentence to score while another request decodes.")
+    busy, scored = await asyncio.gather(collect(engine.generate(req)), engine.score(tokens))
+    assert busy.token_ids == alone.token_ids and len(scored) == len(tokens) - 1
+
+
+async def test_shared_system_prompt_is_served_from_the_prefix_cache(engine: Engine) -> None:
+    system = "You are a careful assistant who answers briefly and precisely. " * 6
+    off = Engine(engine.artifact, EngineConfig(max_batch=4, prefix_cache=False, warmup=False))
+    await off.start()
+    try:
+        for question in QUESTIONS:
+            ids = engine.tokenizer.encode_chat([{"role": "system", "content": system},
+                                                {"role": "user", "content": question}])
+            before = engine.stats().cache
+            req = GenerationRequest(f"sys-{question}", ids, SamplingParams(temperature=0.0, max_tokens=24))
+            cached = await collect(engine.generate(req))
+            plain = await collect(off.generate(req))
+            assert cached.token_ids == plain.token_ids
+            after = engine.stats().cache
+            assert before is not None and after is not None
+            if question != QUESTIONS[0]:
+                assert after.hit_tokens - before.hit_tokens >= 64
+    finally:
+        await off.stop()

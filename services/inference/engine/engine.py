@@ -2,11 +2,20 @@
 
 The scheduler task plans on the event loop (admissions from the wait queue, which kind of step comes next) and runs
 the step in a dedicated worker thread: a batched prefill of newly admitted prompts, one chunk of a long prompt's
-prefill, or decode steps over every running sequence. Kinds of step take turns, so arrivals join the running batch
-between decode steps without stalling it. Decode steps repeat inside the worker for as long as nothing waits for a
-slot (no trip through the event loop per token), with each step's text and events rendered in a helper thread while
-the next step runs. Decoding sequences occupy KV slots 0..n; when one leaves, the last one moves into its slot, so a
-decode step always binds one contiguous slice of the cache.
+prefill, or decode steps over every running sequence. Admission steps alternate with decode steps, so arrivals join
+the running batch between decode steps without stalling it; while sequences decode, an admission step computes only
+as many prompt tokens as cost about `interleave_ratio` decode steps (step times measured as the engine runs), and a
+longer prompt is prefilled in chunks of that size, so running streams keep a steady pace under a burst of arrivals.
+Decode steps repeat inside the worker for as long as nothing waits for a slot (no trip through the event loop per
+token), with each step's text and events rendered in a helper thread while the next step runs. Decoding sequences
+occupy KV slots 0..n; when one leaves, the last one moves into its slot, so a decode step always binds one
+contiguous slice of the cache.
+
+Prompts share work two ways. Equal prompts admitted in one step (a request's n choices, a sweep's repeats) are
+prefilled once and their keys and values copied into the others' slots; they then decode in the same batch. And the
+prefix cache (prefix_cache.py: why copies into per-slot buffers rather than paged attention) keeps the blocks of
+every prefilled prompt and finished conversation, so a later prompt starting the same way (a system prompt, a
+sweep's prompt, a conversation's history) runs only its new tokens through the model.
 """
 
 from __future__ import annotations
@@ -16,27 +25,23 @@ import collections
 import concurrent.futures
 import logging
 import os
-import queue
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 
 import numpy as np
 
 from llmlab.sampling import BOUNDS, violation
 
-from ..domain import GenerationEvent, GenerationRequest, SamplingParams, TokenLogprob, TopLogprob, Usage
+from ..domain import GenerationEvent, GenerationRequest, SamplingParams, TokenLogprob
 from .artifact import ModelArtifact, load_artifact
+from .batch import RATE_WINDOW_S, BatchCore, SampledToken, SequenceState
 from .errors import ContextLengthExceeded, EngineOverloaded, EngineStopped, InvalidRequest
-from .runner import ModelRunner
-from .sampling import RequestSampler, SampledToken, sample_batch
-from .tokenizer import IncrementalDetokenizer, ModelTokenizer, StopMatcher
+from .prefix_cache import PrefixCache, PrefixCacheStats
+from .runner import ModelRunner, host_buffer
+from .scoring import PromptScorer, ScoredToken
 
 log = logging.getLogger(__name__)
-
-_RATE_WINDOW_S = 10.0
-_RATE_SAMPLE_S = 0.25
 
 
 @dataclass
@@ -53,6 +58,17 @@ class EngineConfig:
     threads: int | None = None  # intra-op threads; default: every core
     kv_backend: str | None = None  # "numpy" (host) or "ortvalue" (device memory); default by device
     warmup: bool = True  # run a full-size prefill and a decode step at start()
+    # Automatic prefix caching (prefix_cache.py): computed prompt blocks kept for later requests with the same
+    # prefix, within this many MiB of host memory (SmolLM2-135M: 45 KiB per token, so 512 MiB is ~11k tokens).
+    prefix_cache: bool = True
+    prefix_cache_mb: float = 512.0
+    prefix_block_tokens: int = 16
+    # While sequences decode, an admission step (a prefill, or a chunk of a longer prompt) runs between two of their
+    # decode steps and delays their next token: it computes as many prompt tokens as fit in `interleave_ratio`
+    # decode steps (measured as the engine runs), at least `interleave_min_tokens`. 0: no limit but prefill_tokens.
+    interleave_ratio: float = 1.0
+    interleave_min_tokens: int = 8
+    share_prefill: bool = True  # equal prompts admitted in one step are prefilled once (n choices, a sweep's repeats)
 
 
 @dataclass
@@ -67,458 +83,9 @@ class EngineStats:
     requests_finished: int = 0
     steps: int = 0
     max_seq_len: int = 0
-
-
-class _Sequence:
-    """One request's state from submission to its final event."""
-
-    def __init__(self, request: GenerationRequest, stop_ids: frozenset[int], detok: IncrementalDetokenizer) -> None:
-        self.request = request
-        self.params = request.params
-        self.prompt = list(request.prompt_token_ids)
-        self.sampler = RequestSampler(request.params, self.prompt)
-        self.detok = detok
-        self.stop = StopMatcher(request.params.stop)
-        self.stop_ids = stop_ids
-        self.queue: asyncio.Queue[GenerationEvent] = asyncio.Queue()
-        self.slot = -1
-        self.length = 0  # positions written in the KV cache
-        self.prefilled = 0  # prompt tokens cached so far (chunked prefill)
-        self.next_token = -1  # the last sampled token, fed at the next decode step
-        self.generated: list[int] = []
-        self.cancelled = False
-        self.finished = False
-        self.t_submit = time.perf_counter()
-        self.t_first: float | None = None
-
-
-@dataclass
-class _Step:
-    kind: str  # "prefill", "chunk", "decode" or "reap"
-    admitted: list[_Sequence] = field(default_factory=list)
-
-
-class _BatchCore:
-    """The batch state and the steps over it. `plan` runs on the event loop, `execute` in the worker thread; the
-    scheduler awaits each step, so the two never run at the same time. Consumers only ever set `cancelled`."""
-
-    def __init__(self, runner: ModelRunner, tokenizer: ModelTokenizer, config: EngineConfig) -> None:
-        self.runner = runner
-        self.tokenizer = tokenizer
-        self.config = config
-        self.decoding: list[_Sequence] = []  # decoding[i].slot == i
-        self.staged: _Sequence | None = None  # a long prompt being prefilled in the staging slot
-        self._turn = 0
-        self.steps = 0
-        self.tokens_generated = 0
-        self.requests_finished = 0
-        # (time, tokens generated so far), sampled a few times a second over the rate window, for stats()
-        self.rate: collections.deque[tuple[float, int]] = collections.deque(
-            [(time.perf_counter(), 0)], maxlen=int(_RATE_WINDOW_S / _RATE_SAMPLE_S) + 1
-        )
-        self._lock = threading.Lock()
-        self._helper: _Helper | None = None
-
-    def close(self) -> None:
-        if self._helper is not None:
-            self._helper.close()
-            self._helper = None
-
-    @property
-    def active(self) -> int:
-        return len(self.decoding) + (self.staged is not None)
-
-    # -- planning (event loop) ---------------------------------------------------------------------------------------
-
-    def plan(self, waiting: collections.deque[_Sequence]) -> _Step | None:
-        """Choose the next step and take the requests it admits off `waiting`; None when there is nothing to do."""
-        for seq in [s for s in waiting if s.cancelled]:
-            waiting.remove(seq)
-            seq.finished = True
-            seq.queue.put_nowait(self._final(seq, GenerationEvent(), "cancelled", time.perf_counter()))
-        if any(s.cancelled for s in self.decoding) or (self.staged is not None and self.staged.cancelled):
-            reap = True
-        else:
-            reap = False
-        free = self.config.max_batch - self.active
-        chunk = self.config.prefill_tokens
-        options: dict[str, list[_Sequence]] = {}
-        if free > 0 and waiting:
-            group: list[_Sequence] = []
-            width = 0
-            for seq in waiting:
-                if len(seq.prompt) > chunk:
-                    if self.staged is None and "chunk" not in options:
-                        options["chunk"] = [seq]
-                    continue
-                wider = max(width, len(seq.prompt))
-                if len(group) >= free or (len(group) + 1) * wider > chunk:
-                    break
-                group.append(seq)
-                width = wider
-            if group:
-                options["prefill"] = group
-        if self.staged is not None:
-            options["chunk"] = []
-        if self.decoding:
-            options["decode"] = []
-        if not options:
-            return _Step("reap") if reap else None
-        order = ("prefill", "chunk", "decode")
-        for i in range(len(order)):
-            kind = order[(self._turn + i) % len(order)]
-            if kind in options:
-                self._turn = (order.index(kind) + 1) % len(order)
-                for seq in options[kind]:
-                    waiting.remove(seq)
-                return _Step(kind, options[kind])
-        return None
-
-    # -- steps (worker thread) ---------------------------------------------------------------------------------------
-
-    def execute(
-        self,
-        plan: _Step,
-        emit: Callable[[list[tuple[_Sequence, GenerationEvent]]], None],
-        interrupted: Callable[[int], bool],
-    ) -> list[tuple[_Sequence, GenerationEvent]]:
-        """Run the planned step and return its events.
-
-        A decode step repeats here, handing each step's events to `emit`, for as long as the batch runs undisturbed
-        (`interrupted(active)` is false: nothing waits for a free slot, no long prompt is half prefilled, no stop).
-        Going back to the event loop between such steps would only add its latency to every token.
-        """
-        events: list[tuple[_Sequence, GenerationEvent]] = []
-        try:
-            self._reap(events)
-            if plan.kind == "prefill":
-                self._prefill(plan.admitted, events)
-            elif plan.kind == "chunk":
-                self._chunk(plan.admitted, events)
-            elif plan.kind == "decode":
-                self._decode_loop(events, emit, interrupted)
-        except Exception as exc:
-            log.exception("engine step failed; failing the sequences in it")
-            self.fail_all(events, exc)
-        return events
-
-    def fail_all(
-        self,
-        events: list[tuple[_Sequence, GenerationEvent]],
-        exc: BaseException,
-        reason: str = "error",
-        extra: Iterable[_Sequence] = (),
-    ) -> None:
-        """End every sequence holding a slot (and `extra` ones) with `reason`; the batch starts empty again."""
-        now = time.perf_counter()
-        for seq in [*self.decoding, *([self.staged] if self.staged is not None else []), *extra]:
-            if not seq.finished:
-                seq.finished = True
-                events.append((seq, self._final(seq, GenerationEvent(), reason, now, error=_describe(exc))))
-        self.decoding = []
-        self.staged = None
-
-    def _reap(self, events: list[tuple[_Sequence, GenerationEvent]]) -> None:
-        now = time.perf_counter()
-        if self.staged is not None and self.staged.cancelled:
-            self.staged.finished = True
-            events.append((self.staged, self._final(self.staged, GenerationEvent(), "cancelled", now)))
-            self.staged = None
-        cancelled = [s for s in self.decoding if s.cancelled and not s.finished]
-        for seq in cancelled:
-            seq.finished = True
-            events.append((seq, self._final(seq, GenerationEvent(), "cancelled", now)))
-        if cancelled:
-            self._compact()
-
-    def _compact(self) -> None:
-        """Drop finished sequences and fill their slots with the last ones, keeping slots 0..n contiguous."""
-        alive = [s for s in self.decoding if not s.finished]
-        n = len(alive)
-        holes = sorted(s.slot for s in self.decoding if s.finished and s.slot < n)
-        movers = [s for s in alive if s.slot >= n]
-        for hole, seq in zip(holes, movers, strict=True):
-            self.runner.move(seq.slot, hole, seq.length)
-            seq.slot = hole
-        for seq in self.decoding:
-            if seq.finished:
-                seq.slot = -1
-        alive.sort(key=lambda s: s.slot)
-        self.decoding = alive
-
-    def _prefill(self, admitted: list[_Sequence], events: list[tuple[_Sequence, GenerationEvent]]) -> None:
-        seqs = self._drop_cancelled(admitted, events)
-        if not seqs:
-            return
-        start = len(self.decoding)
-        try:
-            logits = self.runner.prefill(start, [s.prompt for s in seqs])
-        except Exception as exc:
-            log.exception("prefill of %d prompts failed", len(seqs))
-            self._fail(seqs, exc, events)
-            return
-        for i, seq in enumerate(seqs):
-            seq.slot = start + i
-            seq.length = seq.prefilled = len(seq.prompt)
-        self.decoding.extend(seqs)
-        self._sample(seqs, logits, events)
-
-    def _chunk(self, admitted: list[_Sequence], events: list[tuple[_Sequence, GenerationEvent]]) -> None:
-        if admitted:
-            live = self._drop_cancelled(admitted, events)
-            if not live:
-                return
-            self.staged = live[0]
-        seq = self.staged
-        if seq is None:
-            return
-        size = self.config.prefill_tokens
-        piece = seq.prompt[seq.prefilled : seq.prefilled + size]
-        try:
-            logits = self.runner.prefill_chunk(piece, seq.prefilled, len(seq.prompt))
-        except Exception as exc:
-            log.exception("chunked prefill failed")
-            self.staged = None
-            self._fail([seq], exc, events)
-            return
-        seq.prefilled += len(piece)
-        if seq.prefilled < len(seq.prompt):
-            return
-        self.staged = None
-        seq.slot = len(self.decoding)
-        seq.length = len(seq.prompt)
-        self.runner.commit_staged(seq.slot, seq.length)
-        self.decoding.append(seq)
-        self._sample([seq], logits[None, :], events)
-
-    def _decode_loop(
-        self,
-        out: list[tuple[_Sequence, GenerationEvent]],
-        emit: Callable[[list[tuple[_Sequence, GenerationEvent]]], None],
-        interrupted: Callable[[int], bool],
-    ) -> None:
-        """Decode steps, pipelined: the text and events of step t are rendered in a helper thread while step t+1
-        runs (the model releases the GIL). Between two model runs only sampling, bookkeeping and input binding
-        happen: after each run the CPU caches are cold, and every Python line there costs ten times its usual.
-
-        A stop sequence is only seen when a step is rendered, so a sequence that stopped on one keeps its row in
-        the step already running; that row's output is dropped.
-        """
-        if self._helper is None:
-            self._helper = _Helper()
-        helper = self._helper
-        pending: tuple[list[_Sequence], list[SampledToken | BaseException], float] | None = None
-        events: list[tuple[_Sequence, GenerationEvent]] = []  # not yet handed out
-        try:
-            first = True
-            while True:
-                self._reap(events)
-                if any(s.finished for s in self.decoding):
-                    self._compact()
-                if not self.decoding or (not first and (self.staged is not None or interrupted(self.active))):
-                    break
-                first = False
-                seqs = list(self.decoding)
-                tokens = np.fromiter((s.next_token for s in seqs), dtype=np.int64, count=len(seqs))
-                lengths = np.fromiter((s.length for s in seqs), dtype=np.int64, count=len(seqs))
-                helper.prepare(self._render_and_emit, pending, events, emit)
-                pending, events = None, []
-                try:
-                    logits = self.runner.decode(tokens, lengths, helper.start)
-                except Exception as exc:
-                    helper.finish()
-                    log.exception("decode step over %d sequences failed", len(seqs))
-                    self._fail(seqs, exc, events)
-                    continue
-                helper.finish()
-                for seq in seqs:
-                    seq.length += 1
-                live = [s for s in seqs if not s.finished]  # a stop sequence may have ended some at the last render
-                if len(live) < len(seqs):
-                    logits = logits[[i for i, s in enumerate(seqs) if not s.finished]]
-                pending = (live, *self._choose(live, logits))
-        finally:
-            if pending is not None:
-                out.extend(self._render(*pending))
-            out.extend(events)
-
-    def _render_and_emit(
-        self,
-        pending: tuple[list[_Sequence], list[SampledToken | BaseException], float] | None,
-        early: list[tuple[_Sequence, GenerationEvent]],
-        emit: Callable[[list[tuple[_Sequence, GenerationEvent]]], None],
-    ) -> None:
-        events = self._render(*pending) if pending is not None else []
-        emit(events + early)
-
-    def _drop_cancelled(
-        self, seqs: list[_Sequence], events: list[tuple[_Sequence, GenerationEvent]]
-    ) -> list[_Sequence]:
-        now = time.perf_counter()
-        live = []
-        for seq in seqs:
-            if seq.cancelled:
-                seq.finished = True
-                events.append((seq, self._final(seq, GenerationEvent(), "cancelled", now)))
-            else:
-                live.append(seq)
-        return live
-
-    def _fail(self, seqs: list[_Sequence], exc: BaseException, events: list[tuple[_Sequence, GenerationEvent]]) -> None:
-        now = time.perf_counter()
-        for seq in seqs:
-            if not seq.finished:  # one that a stop sequence ended has had its final event
-                seq.finished = True
-                events.append((seq, self._final(seq, GenerationEvent(), "error", now, error=_describe(exc))))
-        if any(s.slot >= 0 for s in seqs):
-            self._compact()
-
-    def _sample(
-        self, seqs: list[_Sequence], logits: np.ndarray, events: list[tuple[_Sequence, GenerationEvent]]
-    ) -> None:
-        """Choose and render one token for each of `seqs` (prefill steps, where nothing runs in parallel)."""
-        events.extend(self._render(seqs, *self._choose(seqs, logits)))
-        if any(s.finished for s in seqs):
-            self._compact()
-
-    def _choose(self, seqs: list[_Sequence], logits: np.ndarray) -> tuple[list[SampledToken | BaseException], float]:
-        """Sample the next tokens and take them into the sequences; ends those at EOS, a stop token or max_tokens."""
-        vocab = self.tokenizer.vocab_size
-        if logits.shape[1] > vocab:
-            logits[:, vocab:] = -np.inf
-        results = sample_batch(logits, [s.sampler for s in seqs])
-        now = time.perf_counter()
-        for seq, result in zip(seqs, results, strict=True):
-            if isinstance(result, BaseException):
-                seq.finished = True
-                continue
-            token = result.token_id
-            seq.generated.append(token)
-            seq.sampler.observe(token)
-            seq.next_token = token
-            if seq.t_first is None:
-                seq.t_first = now
-            if token in seq.stop_ids or len(seq.generated) >= seq.params.max_tokens:
-                seq.finished = True
-        self.steps += 1
-        self.tokens_generated += len(seqs)
-        if now - self.rate[-1][0] >= _RATE_SAMPLE_S:
-            self.rate.append((now, self.tokens_generated))
-        return results, now
-
-    def _render(
-        self, seqs: list[_Sequence], results: list[SampledToken | BaseException], now: float
-    ) -> list[tuple[_Sequence, GenerationEvent]]:
-        """The events of chosen tokens: text (held back while it may start a stop sequence), logprobs, finals."""
-        events = []
-        for seq, result in zip(seqs, results, strict=True):
-            try:
-                event = self._event(seq, result, now)
-            except Exception as exc:  # a broken request fails alone
-                seq.finished = True
-                event = self._final(seq, GenerationEvent(), "error", now, error=_describe(exc))
-            events.append((seq, event))
-        return events
-
-    def _event(self, seq: _Sequence, result: SampledToken | BaseException, now: float) -> GenerationEvent:
-        if isinstance(result, BaseException):
-            return self._final(seq, GenerationEvent(), "error", now, error=_describe(result))
-        token = result.token_id
-        event = GenerationEvent(token_ids=[token])
-        if token in seq.stop_ids:
-            event.text = self._drain(seq)
-            return self._final(seq, event, "stop", now)
-        if result.logprob is not None:
-            event.logprobs = [self._logprob(token, result)]
-        event.text, stopped = seq.stop.feed(seq.detok.push((token,)))
-        if stopped:
-            seq.finished = True
-            return self._final(seq, event, "stop", now)
-        if seq.finished:  # max_tokens
-            event.text += self._drain(seq)
-            return self._final(seq, event, "length", now)
-        return event
-
-    def _drain(self, seq: _Sequence) -> str:
-        """Text held back at the end: an incomplete character, or a possible start of a stop sequence."""
-        text, stopped = seq.stop.feed(seq.detok.flush())
-        return text if stopped else text + seq.stop.flush()
-
-    def _logprob(self, token: int, result: SampledToken) -> TokenLogprob:
-        tok = self.tokenizer
-        return TokenLogprob(
-            token=tok.token_text(token),
-            logprob=float(result.logprob if result.logprob is not None else 0.0),
-            bytes=list(tok.token_bytes(token)),
-            top_logprobs=[
-                TopLogprob(token=tok.token_text(t), logprob=lp, bytes=list(tok.token_bytes(t)))
-                for t, lp in result.top_logprobs
-            ],
-        )
-
-    def _final(
-        self, seq: _Sequence, event: GenerationEvent, reason: str, now: float, error: str | None = None
-    ) -> GenerationEvent:
-        event.finish_reason = reason
-        event.error = error
-        event.usage = Usage(prompt_tokens=len(seq.prompt), completion_tokens=len(seq.generated))
-        event.latency_ms = (now - seq.t_submit) * 1000.0
-        if seq.t_first is not None:
-            event.time_to_first_token_ms = (seq.t_first - seq.t_submit) * 1000.0
-        with self._lock:
-            self.requests_finished += 1
-        return event
-
-
-class _Helper:
-    """The thread that renders a decode step while the next one runs: `prepare` a job, `start` it right before the
-    model runs, `finish` waits for it (or runs it in place if it never started). Errors are logged, never raised."""
-
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Callable[..., None], tuple[object, ...]] | None] = queue.SimpleQueue()
-        self._done: queue.SimpleQueue[None] = queue.SimpleQueue()
-        self._job: tuple[Callable[..., None], tuple[object, ...]] | None = None
-        self._running = False
-        self._thread = threading.Thread(target=self._work, name="engine-render", daemon=True)
-        self._thread.start()
-
-    def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            _call(*job)
-            self._done.put(None)
-
-    def prepare(self, fn: Callable[..., None], *args: object) -> None:
-        self._job = (fn, args)
-
-    def start(self) -> None:
-        if self._job is not None:
-            self._jobs.put(self._job)
-            self._job = None
-            self._running = True
-
-    def finish(self) -> None:
-        if self._running:
-            self._done.get()
-            self._running = False
-        elif self._job is not None:
-            job, self._job = self._job, None
-            _call(*job)
-
-    def close(self) -> None:
-        self.finish()
-        self._jobs.put(None)
-        self._thread.join()
-
-
-def _call(fn: Callable[..., None], args: tuple[object, ...]) -> None:
-    try:
-        fn(*args)
-    except Exception:
-        log.exception("rendering a decode step failed")
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
+    prompt_tokens: int = 0  # prompt tokens of admitted requests
+    prefill_tokens: int = 0  # of those, the ones run through the model (the rest: prefix cache, shared prompts)
+    cache: PrefixCacheStats | None = None  # None when prefix caching is off
 
 
 class Engine:
@@ -549,8 +116,20 @@ class Engine:
             kv_backend=config.kv_backend,
             pad_token_id=pad if pad is not None else min(artifact.eos_token_ids, default=0),
         )
-        self._core = _BatchCore(self._runner, artifact.tokenizer, config)
-        self._waiting: collections.deque[_Sequence] = collections.deque()
+        cache = None
+        if config.prefix_cache and self._runner.kv.backend == "numpy":
+            graph = artifact.graph
+            block_bytes = config.prefix_block_tokens * graph.kv_bytes_per_token
+            cache = PrefixCache(
+                2 * graph.num_layers, graph.num_kv_heads, graph.head_size, np.dtype(graph.kv_dtype),
+                block_size=config.prefix_block_tokens,
+                capacity=max(1, int(config.prefix_cache_mb * 2**20) // block_bytes),
+                allocate=host_buffer,
+            )
+        self._core = BatchCore(self._runner, artifact.tokenizer, config, cache)
+        self._scorer = PromptScorer(artifact, vocab_size=artifact.tokenizer.vocab_size, chunk=config.prefill_tokens)
+        self._scoring = 0  # scoring jobs waiting for the worker; a decode loop yields to them
+        self._waiting: collections.deque[SequenceState] = collections.deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -601,7 +180,7 @@ class Engine:
             await self._task
         finally:
             self._task = None
-            events: list[tuple[_Sequence, GenerationEvent]] = []
+            events: list[tuple[SequenceState, GenerationEvent]] = []
             self._core.fail_all(events, EngineStopped("engine stopped"), reason="cancelled")
             now = time.perf_counter()
             while self._waiting:
@@ -620,7 +199,7 @@ class Engine:
         core = self._core
         now = time.perf_counter()
         total = core.tokens_generated
-        samples = [(t, n) for t, n in list(core.rate) if t >= now - _RATE_WINDOW_S] or [(now, total)]
+        samples = [(t, n) for t, n in list(core.rate) if t >= now - RATE_WINDOW_S] or [(now, total)]
         since, before = samples[0]
         rate = (total - before) / (now - since) if now - since >= 0.5 else 0.0
         return EngineStats(
@@ -632,6 +211,9 @@ class Engine:
             requests_finished=core.requests_finished,
             steps=core.steps,
             max_seq_len=self.max_seq_len,
+            prompt_tokens=core.prompt_tokens,
+            prefill_tokens=core.prefill_tokens,
+            cache=core.cache.stats() if core.cache is not None else None,
         )
 
     def validate(self, request: GenerationRequest) -> None:
@@ -661,7 +243,34 @@ class Engine:
                 seq.cancelled = True
                 self._wake.set()
 
-    def _submit(self, request: GenerationRequest) -> _Sequence:
+    async def score(self, token_ids: list[int], top_logprobs: int = 0) -> list[ScoredToken]:
+        """The logprob of each of `token_ids[1:]` given the tokens before it (a full-logits forward pass, see
+        scoring.py), with the `top_logprobs` most likely tokens at each position. Runs in the engine's worker
+        between two steps; running streams pause for its length."""
+        if not self.running or self._executor is None:
+            raise EngineStopped("the engine is not running")
+        if not token_ids:
+            raise InvalidRequest("the prompt is empty")
+        vocab = self.tokenizer.vocab_size
+        if min(token_ids) < 0 or max(token_ids) >= vocab:
+            raise InvalidRequest(f"prompt token ids must be in [0, {vocab})")
+        if len(token_ids) > self.max_seq_len:
+            raise ContextLengthExceeded(len(token_ids), 0, self.max_seq_len)
+        if (constraint := violation("top_logprobs", top_logprobs)) is not None:
+            raise InvalidRequest(f"top_logprobs {constraint}")
+        self._scoring += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._scorer.score, list(token_ids), top_logprobs
+            )
+        finally:
+            self._scoring -= 1
+
+    def token_logprob(self, scored: ScoredToken) -> TokenLogprob:
+        """A scored prompt position as the API's logprob entry (token text, bytes, alternatives)."""
+        return self._core._logprob(scored.token_id, SampledToken(scored.token_id, scored.logprob, scored.top))
+
+    def _submit(self, request: GenerationRequest) -> SequenceState:
         if not self.running:
             raise EngineStopped("the engine is not running")
         self.validate(request)
@@ -670,7 +279,7 @@ class Engine:
         stop_ids = frozenset(request.params.stop_token_ids)
         if not request.params.ignore_eos:
             stop_ids |= self.eos_token_ids
-        seq = _Sequence(request, stop_ids, self.tokenizer.detokenizer(request.prompt_token_ids))
+        seq = SequenceState(request, stop_ids, self.tokenizer.detokenizer(request.prompt_token_ids))
         self._waiting.append(seq)
         self._wake.set()
         return seq
@@ -679,12 +288,12 @@ class Engine:
         loop = asyncio.get_running_loop()
         assert self._executor is not None
 
-        def emit(events: list[tuple[_Sequence, GenerationEvent]]) -> None:
+        def emit(events: list[tuple[SequenceState, GenerationEvent]]) -> None:
             if events:
                 loop.call_soon_threadsafe(_dispatch, events)
 
         def interrupted(active: int) -> bool:
-            return self._stopping or (bool(self._waiting) and active < self.config.max_batch)
+            return self._stopping or self._scoring > 0 or (bool(self._waiting) and active < self.config.max_batch)
 
         while not self._stopping:
             plan = self._core.plan(self._waiting)
@@ -701,7 +310,7 @@ class Engine:
             _dispatch(events)
 
 
-def _dispatch(events: list[tuple[_Sequence, GenerationEvent]]) -> None:
+def _dispatch(events: list[tuple[SequenceState, GenerationEvent]]) -> None:
     for seq, event in events:
         seq.queue.put_nowait(event)
 

@@ -22,12 +22,13 @@ import numpy as np
 import onnxruntime as ort
 
 from .artifact import GraphInfo, ModelArtifact
+from .prefix_cache import PrefixCache, PrefixHit
 
 _INT_TYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
 _FLOAT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
-def _host_buffer(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+def host_buffer(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     """A zero-cost reservation: the OS backs (4 KiB) pages only once written, so a slot costs what it holds.
 
     numpy's own large allocations ask for transparent huge pages, which would back every 2 MiB head-region of a
@@ -69,7 +70,7 @@ class KVCache:
         if self.backend == "numpy":
             if device != "cpu":
                 raise ValueError("the numpy KV backend keeps the cache in host memory; use 'ortvalue' on a device")
-            self.arrays = [_host_buffer(shape, self.dtype) for _ in self.input_names]
+            self.arrays = [host_buffer(shape, self.dtype) for _ in self.input_names]
             self._base = [a.ctypes.data for a in self.arrays]
         else:
             self._values = [
@@ -118,7 +119,7 @@ class _WorkBuffers:
         if tokens <= self.capacity:
             return
         per_token = self.graph.num_kv_heads * self.graph.head_size
-        self._flat = [_host_buffer((tokens * per_token,), self.dtype) for _ in self._names[0]]
+        self._flat = [host_buffer((tokens * per_token,), self.dtype) for _ in self._names[0]]
         self.capacity = tokens
 
     def views(self, batch: int, width: int) -> list[np.ndarray]:
@@ -198,12 +199,12 @@ class ModelRunner:
         self._mask_dtype = _INT_TYPES[inputs["attention_mask"].type]
         self._logits_dtype = _FLOAT_TYPES[outputs["logits"].type]
         self.vocab_size = self.graph.vocab_size
-        self._logits = _host_buffer((max_batch + 1, 1, self.vocab_size), self._logits_dtype)
+        self._logits = host_buffer((max_batch + 1, 1, self.vocab_size), self._logits_dtype)
         # Decode inputs live in fixed buffers bound once per batch size; a step only writes into them. The mask is
         # always max_len wide (the graph reads only its row sums and its width): row i holds ones up to slot i's
         # current position, so it grows by one element per step and is never rebuilt.
-        self._ids = _host_buffer((max_batch + 1, 1), self._ids_dtype)
-        self._mask = _host_buffer((max_batch + 1, max_len), self._mask_dtype)
+        self._ids = host_buffer((max_batch + 1, 1), self._ids_dtype)
+        self._mask = host_buffer((max_batch + 1, max_len), self._mask_dtype)
         self._io: dict[str, ort.IOBinding] = {}
         self._bound: dict[str, tuple[Any, ...]] = {}
         self.pad_token_id = pad_token_id
@@ -273,8 +274,59 @@ class ModelRunner:
         self.kv.move(src, dst, length)
         self._mask[dst] = self._mask[src]
 
+    def prefill_cached(
+        self, start: int, suffixes: Sequence[Sequence[int]], hits: Sequence[PrefixHit], cache: PrefixCache
+    ) -> np.ndarray:
+        """Prefill prompts whose first `past` tokens are cached (`hits`, all covering the same `past`) into slots
+        start..start+k, running only their suffixes (all of one length) after the cached keys and values; the
+        logits of each last token. Equal lengths keep every row unpadded: the last-token gather and
+        GroupQueryAttention's per-row past length are then exact. The CPU kernel takes a batch over a past only
+        for one new token per row, so longer suffixes run one row per step."""
+        assert self._work is not None, "prefix caching runs on the host KV backend"
+        k, n, past = len(suffixes), len(suffixes[0]), hits[0].tokens
+        if n > 1 and k > 1:
+            return np.concatenate(
+                [self.prefill_cached(start + i, [suffixes[i]], [hits[i]], cache).copy() for i in range(k)]
+            )
+        width = past + n
+        work = self._work
+        work.reserve(k * width)
+        views = work.views(k, width)
+        for row, hit in enumerate(hits):
+            cache.read(hit, [v[row] for v in views])
+        ids = np.asarray(suffixes, dtype=self._ids_dtype).reshape(k, n)
+        mask = np.ones((k, width), dtype=self._mask_dtype)
+        for row in range(k):
+            self._reset_mask(start + row, width)
+        io = self._binding("prefill", (k, width, work.capacity, "past"), lambda io: work.bind(io, k, width))
+        logits = self._rows(self._run(io, ids, mask), np.full(k, n - 1))
+        for dst, src in zip(self.kv.arrays, views, strict=True):
+            dst[start : start + k, :, :width] = src
+        return logits
+
+    def copy_slot(self, src: int, dst: int, length: int) -> None:
+        """Give slot `dst` the first `length` cached positions of slot `src` (a prompt prefilled once for several
+        sequences)."""
+        self.move(src, dst, length)
+
+    def cache_slot(self, slot: int, tokens: Sequence[int], cache: PrefixCache) -> int:
+        """Offer the full blocks of `tokens` (positions 0..len held in `slot`) to the prefix cache."""
+        if self.kv.backend != "numpy":
+            return 0
+        return cache.insert(tokens, [a[slot] for a in self.kv.arrays])
+
+    def stage(self, total: int, hit: PrefixHit | None = None, cache: PrefixCache | None = None) -> None:
+        """Start staging a long prompt of `total` tokens, its first `hit.tokens` copied from the prefix cache."""
+        if self._staged is None:
+            return
+        self._staged.reserve(total)
+        self._staged_width = total
+        if hit is not None and cache is not None and hit.tokens:
+            cache.read(hit, [v[0] for v in self._staged.views(1, total)])
+
     def prefill_chunk(self, tokens: Sequence[int], past: int, total: int) -> np.ndarray:
-        """Prefill the next chunk of a long prompt of `total` tokens whose first `past` are staged; its last logits."""
+        """Prefill the next chunk of a long prompt of `total` tokens whose first `past` are staged (`stage` was
+        called before the first chunk); its last logits."""
         n = len(tokens)
         ids = np.asarray(tokens, dtype=self._ids_dtype)[None, :]
         mask = np.ones((1, past + n), dtype=self._mask_dtype)
@@ -283,9 +335,6 @@ class ModelRunner:
             io = self._binding("chunk", (slot,), lambda io: self.kv.bind(io, slot, 1))
         else:
             staged = self._staged
-            if past == 0:
-                staged.reserve(total)
-                self._staged_width = total
             width = self._staged_width
             io = self._binding("chunk", (width, staged.capacity), lambda io: staged.bind(io, 1, width))
         return self._rows(self._run(io, ids, mask), np.array([n - 1]))[0]

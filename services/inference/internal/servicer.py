@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,7 +18,8 @@ from llmlab.runtime.envelope import iso
 from llmlab.sampling import check_sampling
 
 from ..backends import BackendRequest
-from ..domain import GenerationEvent, SamplingParams, fan_out
+from ..backends.onnx import OnnxBackend
+from ..domain import GenerationEvent, SamplingParams, Usage, fan_out
 from ..domain import TokenLogprob as EngineLogprob
 from ..generation import merge_streams
 from ..models.manager import ModelManager
@@ -65,7 +67,9 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self._models = models
         self._usage = usage
 
-    async def _prepare(self, request: pb.GenerateRequest | pb.GenerateStreamRequest) -> tuple[ModelRecord, list]:
+    async def _prepare(
+        self, request: pb.GenerateRequest | pb.GenerateStreamRequest
+    ) -> tuple[ModelRecord, list, list[pb.TokenLogprob]]:
         if bool(request.prompt) == bool(request.messages):
             raise InvalidArgument("give exactly one of prompt and messages", reason="VALIDATION_ERROR",
                                   field_violations=[("prompt", "exactly one of prompt and messages")])
@@ -75,17 +79,26 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         params, n = sampling_params(request.sampling)
         record, backend = await self._models.resolve(request.model or self._models.settings.default_model)
         messages = [json_format.MessageToDict(m, preserving_proto_field_name=True) for m in request.messages] or None
-        streams = [
-            backend.generate(BackendRequest(
-                f"{current_request_id()}-{i}", record, p,
-                prompt=request.prompt if messages is None else None, messages=messages,
-            ))
+        requests = [
+            BackendRequest(f"{current_request_id()}-{i}", record, p,
+                           prompt=request.prompt if messages is None else None, messages=messages)
             for i, p in enumerate(fan_out(params, n))
         ]
-        return record, streams
+        prompt_logprobs: list[pb.TokenLogprob] = []
+        if request.prompt_logprobs:
+            if not isinstance(backend, OnnxBackend):
+                raise InvalidArgument(f"model {record.id!r} is served by {backend.kind!r}, which cannot score tokens",
+                                      reason="UNSUPPORTED_PARAMETER",
+                                      field_violations=[("prompt_logprobs", "scoring needs the in-process engine")])
+            ids = backend.prompt_ids(requests[0])
+            scored = await backend.prompt_logprobs(ids, params.top_logprobs)
+            prompt_logprobs = logprobs_pb([t for t in scored if not isinstance(t, str)])
+            for token, token_id in zip(prompt_logprobs, ids[1:], strict=True):
+                token.token_id = token_id
+        return record, [backend.generate(r) for r in requests], prompt_logprobs
 
     async def Generate(self, request: pb.GenerateRequest, context: Any) -> pb.GenerateResponse:
-        record, streams = await self._prepare(request)
+        record, streams, prompt_logprobs = await self._prepare(request)
         started = time.perf_counter()
         choices = [pb.GenerationChoice(index=i) for i in range(len(streams))]
         finals: list[GenerationEvent] = []
@@ -104,18 +117,19 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             usage=pb.Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
                            total_tokens=usage.total_tokens),
             latency_ms=round(latency_ms, 3), time_to_first_token_ms=round(min(ttft), 3) if ttft else 0.0,
-            backend=record.backend,
+            backend=record.backend, prompt_logprobs=prompt_logprobs,
         )
 
     async def GenerateStream(
         self, request: pb.GenerateStreamRequest, context: Any
     ) -> AsyncIterator[pb.GenerateStreamResponse]:
-        record, streams = await self._prepare(request)
+        record, streams, prompt_logprobs = await self._prepare(request)
         started = time.perf_counter()
         finals: list[GenerationEvent] = []
         async for index, event in merge_streams(streams):
             out = pb.GenerateStreamResponse(id=current_request_id(), model=record.id, index=index, delta=event.text,
-                                            logprobs=logprobs_pb(event.logprobs))
+                                            logprobs=logprobs_pb(event.logprobs), prompt_logprobs=prompt_logprobs)
+            prompt_logprobs = []  # first message only
             if event.finish_reason is not None:
                 finals.append(event)
                 out.finish_reason = event.finish_reason
@@ -149,6 +163,43 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                 quantization=m.record.quantization or "", memory_bytes=size, loaded_at=iso(m.loaded_at),
             ))
         return out
+
+    async def Score(self, request: pb.ScoreRequest, context: Any) -> pb.ScoreResponse:
+        texts = bool(request.context or request.continuation)
+        ids = bool(request.context_token_ids or request.continuation_token_ids)
+        if texts == ids or not (request.continuation or request.continuation_token_ids):
+            raise InvalidArgument("give a continuation, as text or as token ids (with its context the same way)",
+                                  reason="VALIDATION_ERROR",
+                                  field_violations=[("continuation", "one continuation, as text or as token ids")])
+        top = optional_field(request, "top_logprobs", 0)
+        check_sampling({"top_logprobs": top})
+        record, backend = await self._models.resolve(request.model or self._models.settings.default_model)
+        if not isinstance(backend, OnnxBackend):
+            raise InvalidArgument(f"model {record.id!r} is served by {backend.kind!r}, which cannot score tokens",
+                                  reason="UNSUPPORTED_PARAMETER",
+                                  field_violations=[("model", "scoring needs the in-process engine")])
+        if texts:
+            context_ids = backend.tokenize(request.context) if request.context else []
+            continuation_ids = backend.tokenize(request.continuation)
+        else:
+            context_ids, continuation_ids = list(request.context_token_ids), list(request.continuation_token_ids)
+        started = time.perf_counter()
+        score = await backend.score(context_ids, continuation_ids, top)
+        latency_ms = (time.perf_counter() - started) * 1000
+        total = sum(t.logprob for t in score.tokens)
+        count = len(score.tokens)
+        final = GenerationEvent(finish_reason="stop", usage=Usage(score.context_tokens + count, 0),
+                                latency_ms=latency_ms)
+        await self._usage.record(endpoint="InferenceService/Score", model=record, backend=record.backend,
+                                 finals=[final], latency_ms=latency_ms)
+        tokens = logprobs_pb(score.tokens)
+        for token, token_id in zip(tokens, score.token_ids, strict=True):
+            token.token_id = token_id
+        return pb.ScoreResponse(
+            model=record.id, tokens=tokens, log_likelihood=total,
+            perplexity=math.exp(-total / count) if count else 0.0, greedy=score.greedy,
+            context_tokens=score.context_tokens, continuation_tokens=count, latency_ms=round(latency_ms, 3),
+        )
 
     async def GetModel(self, request: pb.GetModelRequest, context: Any) -> pb.GetModelResponse:
         return pb.GetModelResponse(model=record_pb(await self._models.record(request.id)))

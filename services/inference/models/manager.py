@@ -133,6 +133,8 @@ class ModelManager:
                 max_queue=self.settings.max_queue,
                 device=device,
                 threads=self.settings.threads or None,
+                prefix_cache=self.settings.prefix_cache_mb > 0,
+                prefix_cache_mb=self.settings.prefix_cache_mb,
             )
             started = time.perf_counter()
             engine = await asyncio.to_thread(Engine.from_dir, artifact.path, config)

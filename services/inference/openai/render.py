@@ -84,20 +84,22 @@ def chat_logprobs(tokens: Sequence[TokenLogprob], top: int) -> dict[str, Any]:
 
 
 def completion_logprobs(
-    tokens: Sequence[TokenLogprob | None], top: int, start_offset: int = 0
+    tokens: Sequence[TokenLogprob | str | None], top: int, start_offset: int = 0
 ) -> dict[str, Any]:
     """Legacy `{tokens, token_logprobs, top_logprobs, text_offset}`. `top_logprobs[i]` maps the `top` most likely
     tokens to their logprobs and always holds the chosen token too (so up to top+1 entries, as OpenAI documents).
-    A None entry (the first prompt token under echo) has null logprobs. Offsets count characters of the returned
-    text, starting at `start_offset`."""
+    A str entry (the first prompt token under echo: nothing before it to score it against) is that token's text
+    with null logprobs; None is the same with an unknown text. Offsets count characters of the returned text,
+    starting at `start_offset`."""
     out: dict[str, list[Any]] = {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
     offset = start_offset
     for tok in tokens:
-        if tok is None:
-            out["tokens"].append("")
+        if tok is None or isinstance(tok, str):
+            out["tokens"].append(tok or "")
             out["token_logprobs"].append(None)
             out["top_logprobs"].append(None)
             out["text_offset"].append(offset)
+            offset += len(tok or "")
             continue
         alternatives = {t.token: _logprob(t.logprob) for t in tok.top_logprobs[:top]}
         alternatives.setdefault(tok.token, _logprob(tok.logprob))
@@ -394,7 +396,7 @@ def render_completion(
     *,
     model: str,
     prompt_texts: Sequence[str] = (),
-    prompt_logprobs: Sequence[Sequence[TokenLogprob | None]] = (),
+    prompt_logprobs: Sequence[Sequence[TokenLogprob | str | None]] = (),
     completion_id: str | None = None,
     created: int | None = None,
     system_fingerprint: str | None = None,
@@ -409,7 +411,7 @@ def render_completion(
         prefix = prompt_texts[p] if plan.echo and p < len(prompt_texts) else ""
         logprobs = None
         if plan.logprobs is not None:
-            tokens: list[TokenLogprob | None] = []
+            tokens: list[TokenLogprob | str | None] = []
             if plan.echo and p < len(prompt_logprobs):
                 tokens.extend(prompt_logprobs[p])
             tokens.extend(result.logprobs)
@@ -443,7 +445,7 @@ class CompletionStream(_StreamEnd):
         *,
         model: str,
         prompt_texts: Sequence[str] = (),
-        prompt_logprobs: Sequence[Sequence[TokenLogprob | None]] = (),
+        prompt_logprobs: Sequence[Sequence[TokenLogprob | str | None]] = (),
         completion_id: str | None = None,
         created: int | None = None,
         system_fingerprint: str | None = None,
@@ -453,7 +455,7 @@ class CompletionStream(_StreamEnd):
         self._prompt_texts = list(prompt_texts)
         self._prompt_logprobs = [list(p) for p in prompt_logprobs]
 
-    def _text(self, index: int, text: str, tokens: Sequence[TokenLogprob | None], reason: str | None) -> bytes:
+    def _text(self, index: int, text: str, tokens: Sequence[TokenLogprob | str | None], reason: str | None) -> bytes:
         choice = self._choices[index]
         logprobs = None
         if self.plan.logprobs is not None and (tokens or reason is None):

@@ -9,7 +9,7 @@ frames). This module only translates and runs that sequence.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,7 @@ from llmlab.runtime import DomainError, Internal, InvalidArgument, NotFound, Res
 from llmlab.runtime.context import current_request_id
 
 from ..backends import Backend, BackendRequest
-from ..domain import GenerationEvent, Usage
+from ..domain import GenerationEvent, TokenLogprob, Usage
 from ..generation import merge_streams
 from ..models.manager import ModelManager
 from ..models.registry import ModelNotFound, ModelRecord
@@ -74,7 +74,12 @@ def model_info(record: ModelRecord) -> ModelInfo:
 def engine_limits(backend: Backend) -> EngineLimits:
     limits = backend.limits()
     return EngineLimits(context_length=limits.context_length, max_output_tokens=limits.max_output_tokens,
-                        vocab_size=limits.vocab_size)
+                        vocab_size=limits.vocab_size, supports_prompt_logprobs=hasattr(backend, "prompt_logprobs"))
+
+
+async def _prompt_only(prompt_tokens: int) -> AsyncIterator[GenerationEvent]:
+    """A choice of `max_tokens: 0` (completions): nothing generated, the prompt counted."""
+    yield GenerationEvent(finish_reason="length", usage=Usage(prompt_tokens, 0), latency_ms=0.0)
 
 
 def _body(data: bytes, content_type: str) -> httpbody_pb2.HttpBody:
@@ -93,6 +98,7 @@ class _Run:
     choices: int
     renderer: Callable[[], Any]  # the SSE renderer, for `stream: true`
     body: Callable[[list[render.ChoiceResult], Usage], dict[str, Any]]
+    before: Callable[[], Awaitable[None]] | None = None  # work before generating (echo's prompt logprobs)
 
 
 class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
@@ -157,6 +163,8 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
             run = prepare(req, record, backend)
         except ProtocolError as err:
             raise protocol_error(err) from None
+        if run.before is not None:
+            await run.before()
         if run.plan.stream:
             async for frame in self._stream(run.renderer(), run.streams, record, backend.kind, endpoint):
                 yield frame
@@ -200,6 +208,8 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
         plan = build_completion_plan(req, engine_limits(backend))
         streams: Streams = []
         prompt_texts: list[str] = []
+        prompt_ids: list[list[int]] = []
+        prompt_logprobs: list[list[TokenLogprob | str | None]] = []  # filled by `before` for echo with logprobs
         for p_index, prompt in enumerate(plan.prompts):
             if prompt.token_ids is not None:
                 ids: list[int] | None = list(prompt.token_ids)
@@ -211,17 +221,30 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
                 text = prompt.text or ""
                 ids = backend.tokenize(text)
             prompt_texts.append(text)
+            prompt_ids.append(ids or [])
             if not (ids if ids is not None else text):
                 raise ProtocolError("Invalid 'prompt': the prompt is empty.", "prompt", "invalid_value")
             for i, params in enumerate(plan.sampling_params(len(ids) if ids is not None else 0)):
                 rid = f"{current_request_id()}-{p_index * plan.n + i}"
+                if params.max_tokens == 0:
+                    streams.append(_prompt_only(len(ids) if ids is not None else 0))
+                    continue
                 streams.append(backend.generate(BackendRequest(rid, record, params, prompt=text,
                                                                prompt_token_ids=ids)))
+
+        async def score_prompts() -> None:
+            scorer = getattr(backend, "prompt_logprobs")  # noqa: B009 - only backends that score reach here
+            for ids in prompt_ids:
+                prompt_logprobs.append(await scorer(ids, plan.logprobs or 0))
+
         return _Run(
             plan, streams, plan.choice_count,
-            renderer=lambda: render.CompletionStream(plan, model=req.model, prompt_texts=prompt_texts),
+            renderer=lambda: render.CompletionStream(plan, model=req.model, prompt_texts=prompt_texts,
+                                                     prompt_logprobs=prompt_logprobs),
             body=lambda results, usage: render.render_completion(plan, results, model=req.model,
-                                                                 prompt_texts=prompt_texts, usage=usage),
+                                                                 prompt_texts=prompt_texts,
+                                                                 prompt_logprobs=prompt_logprobs, usage=usage),
+            before=score_prompts if plan.echo and plan.logprobs is not None else None,
         )
 
     # -- helpers --------------------------------------------------------------------------------------------------

@@ -331,7 +331,8 @@ async def test_long_prompt_is_prefilled_in_chunks_between_decode_steps(
     long_prompt = chat(tiny_artifact, " ".join(TEXTS[:3]))
     assert len(long_prompt) > 40
     whole = await make_engine(prefill_tokens=512)
-    chunked = await make_engine(prefill_tokens=16, max_batch=3)
+    # every chunk counted: no prefix cache, and chunks of prefill_tokens even while the short stream decodes
+    chunked = await make_engine(prefill_tokens=16, max_batch=3, prefix_cache=False, interleave_ratio=0)
     params = {"temperature": 0.0, "max_tokens": 12, "ignore_eos": True}
     expected = await run(whole, request(long_prompt, **params))
     short = request(chat(tiny_artifact, TEXTS[0]), **{**params, "max_tokens": 30})
@@ -485,3 +486,45 @@ async def test_stop_sequence_found_late_drops_the_extra_step(
     assert stopped.finish_reason == "stop" and stopped.text == base.text[: base.text.find(stop)]
     assert stopped.token_ids == base.token_ids[: len(stopped.token_ids)]
     assert together.token_ids == other_alone.token_ids
+
+
+async def test_prompts_arriving_while_others_decode_are_admitted_in_short_steps(
+    make_engine: Callable, tiny_artifact: ModelArtifact
+) -> None:
+    """Steady decode under arrivals: each admission step between two decode steps computes at most the interleave
+    budget (here its floor of 8 tokens), and decode steps run between them."""
+    engine = await make_engine(max_batch=4, prefix_cache=False, interleave_ratio=1e-6, interleave_min_tokens=8)
+    params = {"temperature": 0.0, "ignore_eos": True}
+    running = request(chat(tiny_artifact, TEXTS[0]), max_tokens=60, **params)
+    arriving = [request(chat(tiny_artifact, t), max_tokens=4, **params) for t in (TEXTS[1], TEXTS[5])]
+    alone = [await run(engine, r) for r in (running, *arriving)]
+    calls: list[tuple[str, int]] = []
+    runner = engine._runner
+    for name in ("prefill", "prefill_chunk", "decode"):
+        method = getattr(runner, name)
+
+        def spy(*args: object, _name: str = name, _method: Callable = method) -> object:
+            size = len(args[0]) if _name != "prefill" else max(len(p) for p in args[1])  # type: ignore[arg-type]
+            calls.append((_name, size))
+            return _method(*args)
+
+        setattr(runner, name, spy)
+    first = asyncio.Event()
+
+    async def stream() -> GenerationEvent:
+        events = []
+        async for e in engine.generate(running):
+            events.append(e)
+            first.set()
+        return await collect(events)
+
+    task = asyncio.create_task(stream())
+    await first.wait()
+    calls.clear()
+    got = await asyncio.gather(*(run(engine, r) for r in arriving))
+    assert [g.token_ids for g in [await task, *got]] == [a.token_ids for a in alone]
+    admissions = [(n, size) for n, size in calls if n != "decode"]
+    assert admissions and all(size <= 8 for _, size in admissions), admissions
+    assert sum(size for _, size in admissions) >= sum(len(r.prompt_token_ids) for r in arriving)
+    kinds = [n for n, _ in calls]
+    assert all(kinds[i + 1] == "decode" for i, k in enumerate(kinds[:-1]) if k != "decode"), kinds
