@@ -54,7 +54,7 @@ def check_purpose(purpose: str) -> str:
 
 
 def file_not_found(file_id: str) -> NotFound:
-    # Seed 003 "Common Error Codes": not_found_error (404).
+    # OpenAI's error for an unknown (or another user's) file: type not_found_error, 404.
     return NotFound(f"No such File object: {excerpt(file_id, 64)}", reason="NOT_FOUND",
                     metadata={"param": "file_id", "type": "not_found_error"})
 
@@ -105,7 +105,7 @@ class NewDataset:
 
 def new_dataset(name: str, description: str, fmt: str, schema: dict[str, Any] | None, tags: list[str],
                 metadata: dict[str, Any]) -> NewDataset:
-    """Seed 001 "Create a Dataset": the fields checked, the schema itself checked as a JSON Schema."""
+    """The body of `POST /datasets` checked: its fields, and the schema itself as a JSON Schema."""
     name = name.strip()
     if not 1 <= len(name) <= MAX_NAME:
         raise validation_error("name", name, f"must be between 1 and {MAX_NAME} characters")
@@ -130,7 +130,7 @@ def version_label(version: str) -> str:
 
 
 def human_size(n: int) -> str:
-    """Seed 000 §8.1's `file_size`: "2.4MB"."""
+    """An export's `file_size`: "512B", "48.2KB", "2.4MB" (1 KB = 1024 B)."""
     size = float(n)
     for unit in ("B", "KB", "MB", "GB"):
         if size < 1024 or unit == "GB":

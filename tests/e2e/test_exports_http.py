@@ -1,4 +1,4 @@
-"""Exports and reports through the real gateway (seed 000 §8, docs/files.md): JSON, CSV, XLSX with native charts,
+"""Exports and reports through the real gateway (`/api/export/...`, docs/files.md): JSON, CSV, XLSX with native charts,
 PDF with charts — each downloaded from its signed export_url without a credential and opened."""
 
 from __future__ import annotations

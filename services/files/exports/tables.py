@@ -10,7 +10,8 @@ from typing import Any
 from llmlab.runtime import VERSION
 from llmlab.runtime.envelope import iso, utcnow
 
-# Seed 000 §1.2's quality dimensions, in its order; other numeric metrics follow in name order.
+# The six quality dimensions, in the order of llmlab.metrics.v1.QualityScores (docs/metrics.md); other numeric
+# metrics follow in name order.
 DIMENSIONS = ("coherence", "completeness", "readability", "creativity", "specificity", "length_appropriateness")
 OVERALL_KEYS = ("overall_quality", "overall", "quality_score")
 PARAMETERS = ("temperature", "top_p", "max_tokens", "frequency_penalty", "presence_penalty", "seed")

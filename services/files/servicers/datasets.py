@@ -1,4 +1,4 @@
-"""DatasetService: seed 001 "Datasets" — metadata, signed upload/download URLs, versions."""
+"""DatasetService: `/datasets...` — metadata, signed upload/download URLs, versions."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""ExportService: seed 000 §8 — experiments as JSON, CSV, XLSX or PDF behind a signed, expiring export_url."""
+"""ExportService: `/api/export/...` — experiments as JSON, CSV, XLSX or PDF behind a signed, expiring export_url."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class ExportServicer(pb_grpc.ExportServiceServicer):
         self._jobs = jobs
 
     def _data(self, row: ExportRow, context: Any) -> pb.ExportData:
-        """§8.1's object for an export in any state; the URL is signed afresh each time it is asked for."""
+        """The `data` of every export answer, for an export in any state; the URL is signed afresh each time."""
         expires, expires_at, _ = expiry(self._d.settings)
         url = self._d.signer.download_url(base_url(self._d.settings, context), row.token, row.filename, expires)
         return pb.ExportData(export_url=url, expires_at=expires_at,

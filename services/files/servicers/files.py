@@ -1,4 +1,4 @@
-"""FileService: OpenAI's files API (seed 003 "File Management APIs") over the blob store."""
+"""FileService: OpenAI's files API (`/v1/files...`) over the blob store."""
 
 from __future__ import annotations
 
