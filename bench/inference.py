@@ -93,11 +93,16 @@ def peers(new: int) -> dict:
         gguf = next(default_cache_dir().glob("**/*.gguf"), None)
     if not python.exists() or gguf is None:
         return {"skipped": "no .venv-bench or GGUF: run `make bench-peers` once (llama-cpp-python compiles ~13 min)"}
-    done = subprocess.run([str(python), str(ROOT / "bench" / "peers.py"), str(gguf), str(artifact),
-                           "--new", str(new)], capture_output=True, text=True, check=False, timeout=1800)
-    if done.returncode != 0:
-        return {"error": done.stderr[-1000:]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    out: dict = {}
+    for name in ("llama.cpp", "onnxruntime-genai"):  # one process each: a peer that crashes hides no other
+        done = subprocess.run([str(python), str(ROOT / "bench" / "peers.py"), str(gguf), str(artifact),
+                               "--new", str(new), "--only", name],
+                              capture_output=True, text=True, check=False, timeout=1800)
+        if done.returncode != 0:
+            out[name] = {"error": f"exit {done.returncode}: {done.stderr[-500:]}"}
+        else:
+            out.update(json.loads(done.stdout.strip().splitlines()[-1]))
+    return out
 
 
 async def main() -> int:

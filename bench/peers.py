@@ -95,9 +95,12 @@ def main() -> int:
     ap.add_argument("onnx_dir")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--new", type=int, default=128)
+    ap.add_argument("--only", choices=("llama.cpp", "onnxruntime-genai"), help="run one peer (a crash hides no other)")
     a = ap.parse_args()
     out: dict = {}
     for name, fn, arg in (("llama.cpp", bench_llama_cpp, a.gguf), ("onnxruntime-genai", bench_genai, a.onnx_dir)):
+        if a.only and name != a.only:
+            continue
         try:
             out[name] = fn(arg, a.threads, a.new)
         except Exception as exc:  # a missing peer is reported, not fatal
