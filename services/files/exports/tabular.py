@@ -16,10 +16,14 @@ CSV_RECORD_COLUMNS = ("platform_version", "generated_at", "model_artifact_sha256
 
 def render_json(x: Export) -> bytes:
     exps = []
+    step = x.ticker()
+    done = 0
     for e in x.experiments:
         e = dict(e)
         responses = []
         for r in e.get("responses", []):
+            step(done)
+            done += 1
             r = dict(r)
             if not x.include_responses:
                 r.pop("content", None)
