@@ -36,14 +36,15 @@ class Export:
     def response_count(self) -> int:
         return sum(len(e.get("responses", [])) for e in self.experiments)
 
-    def ticker(self) -> Callable[[int], None]:
-        """A per-response callback for a renderer's loop: calls `tick` every TICK_ROWS responses."""
+    def ticker(self, start: float = 0.0, share: float = 1.0) -> Callable[[int], None]:
+        """A per-response callback for one of a renderer's loops, which does `share` of its work after `start`:
+        calls `tick` every TICK_ROWS responses."""
         total = max(self.response_count(), 1)
         tick = self.tick
 
         def step(i: int) -> None:
             if tick is not None and i % TICK_ROWS == 0:
-                tick(min(i / total, 1.0))
+                tick(start + share * min(i / total, 1.0))
 
         return step
 
@@ -100,7 +101,7 @@ def response_table(x: Export) -> tuple[list[str], list[list[Any]]]:
     if x.include_metrics:
         headers += ["overall_quality", *keys]
     rows = []
-    step = x.ticker()
+    step = x.ticker(0.0, 0.5)  # the table; writing it out is the other half (csv, xlsx)
     for e in x.experiments:
         p = e.get("parameters") or {}
         for r in e.get("responses", []):

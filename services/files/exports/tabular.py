@@ -67,7 +67,9 @@ def render_csv(x: Export) -> bytes:
     extra = [h for h in ("type", "status", "quality_score", "total_cost", "created_at") if h in e_headers]
     writer.writerow([*r_headers, *(f"experiment_{h}" for h in extra), *CSV_RECORD_COLUMNS])
     by_id = {row[0]: dict(zip(e_headers, row, strict=True)) for row in e_rows}
-    for row in r_rows:
+    step = x.ticker(0.5, 0.5)
+    for i, row in enumerate(r_rows):
+        step(i)
         exp = by_id[row[0]]
         writer.writerow([*map(_cell, row), *(_cell(exp[h]) for h in extra),
                          *map(_cell, _record_values(x, row[0]))])
