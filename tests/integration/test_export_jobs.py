@@ -143,6 +143,11 @@ async def pending(app: ServiceApp, prefix: str) -> int:
     return int((await app.redis.xpending(f"{prefix}:stream:{QUEUE}", GROUP))["pending"])
 
 
+async def acked(app: ServiceApp, prefix: str) -> bool:
+    """The job's message was acked: its handler returned (after deleting the staged input)."""
+    return await pending(app, prefix) == 0
+
+
 async def started(jobs: ExportJobs, export_id: str) -> ExportRow | None:
     """The job once a worker holds it and is rendering (its record built)."""
     row = await jobs.get(None, export_id)
@@ -179,6 +184,7 @@ async def test_a_killed_worker_s_job_is_completed_once_by_another(setup, redis_p
     assert final.attempt == 2 and final.worker and final.worker.endswith(f"-{survivor.proc.pid}")
     assert final.blob_key == result_key(row.id, 2, row.filename)
     deps = setup["deps"]
+    await wait_for(lambda: acked(setup["app"], redis_prefix), 30, "the message to be acked")
     db = setup["app"].db
     completed_at = await db.fetchval("SELECT completed_at FROM exports WHERE id = $1", uuid.UUID(row.id))
     transfer_key = await db.fetchval("SELECT blob_key FROM transfers WHERE token = $1", row.token)
@@ -191,7 +197,6 @@ async def test_a_killed_worker_s_job_is_completed_once_by_another(setup, redis_p
     # A late finisher of the first attempt changes nothing.
     assert not await deps.repo.complete_export(row.id, 1, result_key(row.id, 1, row.filename), 1)
     assert (await jobs.get(None, row.id)).blob_key == final.blob_key  # type: ignore[union-attr]
-    assert await pending(setup["app"], redis_prefix) == 0
     assert survivor.proc.returncode is None
 
 
@@ -204,14 +209,15 @@ async def test_a_cancelled_job_stops_its_worker_and_ends_cancelled(setup, redis_
     cancelled = await jobs.cancel(OWNER, row.id)
     assert cancelled is not None and cancelled.status == "cancelled"
 
-    async def acked() -> bool:
-        return await pending(setup["app"], redis_prefix) == 0
-
-    await wait_for(acked, 30, "the worker to give the job up")
+    await wait_for(lambda: acked(setup["app"], redis_prefix), 30, "the worker to give the job up")
     final = await jobs.get(None, row.id)
     assert final is not None and final.status == "cancelled" and final.blob_key is None
     assert stored(setup["root"], row.id) == []  # no result, and the staged input is deleted
-    assert any('"export job stopped"' in line for line in worker.lines), worker.lines[-5:]
+
+    async def logged() -> bool:
+        return any('"export job stopped"' in line for line in worker.lines)
+
+    await wait_for(logged, 10, "the worker to log that it stopped")
     assert worker.proc.returncode is None
     # Cancelling an ended job changes nothing.
     assert (await jobs.cancel(OWNER, row.id)).status == "cancelled"  # type: ignore[union-attr]

@@ -156,7 +156,7 @@ class ExportJobs:
         queued = self._queue is not None and x.response_count() > self._d.settings.export_job_responses
         if queued:
             # Staged before the row exists, so a queued job always finds its input.
-            await self._d.store.put(input_key(export_id), dump_input(x, options))
+            await self._d.store.put(input_key(export_id), await asyncio.to_thread(dump_input, x, options))
         await self._d.repo.insert_export(row)
         _, _, at = expiry(self._d.settings)
         await self._d.repo.insert_transfer(TransferRow(
@@ -223,16 +223,17 @@ class ExportWorker:
             await self._discard_input(export_id)
             return
         log.info("export job claimed", export_id=export_id, attempt=row.attempt, deliveries=msg.deliveries)
-        try:
-            data = await self._d.store.get(input_key(export_id))
-        except FileNotFoundError:
-            await self._d.repo.fail_export(export_id, row.attempt, "input missing")
-            return
-        x, options = load_input(data)
         attempt = Attempt(self._d, self._inference, row)
+        # The claim is renewed from the start: loading a large input must not look like a dead worker.
         beat = asyncio.create_task(attempt.heartbeat(self._d.settings.export_claim_idle_ms / 3000,
                                                      lambda: self.consumer.touch(msg.id)))
         try:
+            try:
+                data = await self._d.store.get(input_key(export_id))
+            except FileNotFoundError:
+                await self._d.repo.fail_export(export_id, row.attempt, "input missing")
+                return
+            x, options = await asyncio.to_thread(load_input, data)
             await attempt.run(x, options)
             log.info("export job completed", export_id=export_id, attempt=row.attempt)
         except ExportStopped:
