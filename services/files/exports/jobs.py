@@ -223,6 +223,11 @@ class ExportWorker:
             await self._discard_input(export_id)
             return
         log.info("export job claimed", export_id=export_id, attempt=row.attempt, deliveries=msg.deliveries)
+        if msg.deliveries > self._d.settings.export_max_deliveries:
+            # Its workers keep dying (e.g. out of memory on this job): give up rather than take down the next one.
+            await self._d.repo.fail_export(export_id, row.attempt, "too many attempts")
+            await self._discard_input(export_id)
+            return
         attempt = Attempt(self._d, self._inference, row)
         # The claim is renewed from the start: loading a large input must not look like a dead worker.
         beat = asyncio.create_task(attempt.heartbeat(self._d.settings.export_claim_idle_ms / 3000,
