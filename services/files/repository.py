@@ -83,7 +83,7 @@ class ExportRow:
     owner_id: str
     kind: str
     format: str
-    blob_key: str
+    blob_key: str | None  # set by the attempt that completes the job
     filename: str
     content_type: str
     token: str
@@ -91,6 +91,8 @@ class ExportRow:
     progress: int = 0
     size_bytes: int | None = None
     error: str | None = None
+    attempt: int = 0
+    worker: str | None = None
 
 
 def _export(r: asyncpg.Record) -> ExportRow:
@@ -259,6 +261,8 @@ class FilesRepository:
         await self._pool.execute("UPDATE transfers SET used_at = NULL WHERE token = $1", token)
 
     # -- exports ------------------------------------------------------------------------------------------
+    # A job's attempts are fenced by `attempt`: a claim starts a new one, and only the current attempt of a running
+    # job may report progress, complete or fail it (docs/files.md "Export jobs").
     async def insert_export(self, e: ExportRow) -> None:
         await self._pool.execute(
             """INSERT INTO exports (id, owner_id, kind, format, blob_key, filename, content_type, token, status,
@@ -266,15 +270,59 @@ class FilesRepository:
             uuid.UUID(e.id), e.owner_id, e.kind, e.format, e.blob_key, e.filename, e.content_type, e.token, e.progress,
         )
 
-    async def update_export(self, export_id: str, *, status: str = "running", progress: int,
-                            size_bytes: int | None = None, record: dict[str, Any] | None = None,
-                            error: str | None = None) -> None:
-        await self._pool.execute(
-            """UPDATE exports SET status = $2, progress = $3, size_bytes = coalesce($4, size_bytes),
-                      record = coalesce($5::jsonb, record), error = $6, updated_at = now() WHERE id = $1""",
-            uuid.UUID(export_id), status, progress, size_bytes, json.dumps(record) if record is not None else None,
-            error,
+    async def claim_export(self, export_id: str, worker: str) -> ExportRow | None:
+        """Start a new attempt of a running job; None when it has ended (completed, failed or cancelled)."""
+        r = await self._pool.fetchrow(
+            """UPDATE exports SET attempt = attempt + 1, worker = $2, updated_at = now()
+               WHERE id = $1 AND status = 'running' RETURNING *""",
+            uuid.UUID(export_id), worker,
         )
+        return _export(r) if r else None
+
+    async def export_progress(self, export_id: str, attempt: int, progress: int,
+                              record: dict[str, Any] | None = None) -> bool:
+        """Report progress (never backwards) of the current attempt; False when the attempt no longer counts
+        (the job was cancelled, or another worker took it over)."""
+        done = await self._pool.fetchval(
+            """UPDATE exports SET progress = greatest(progress, $3), record = coalesce($4::jsonb, record),
+                      updated_at = now()
+               WHERE id = $1 AND attempt = $2 AND status = 'running' RETURNING 1""",
+            uuid.UUID(export_id), attempt, progress, json.dumps(record) if record is not None else None,
+        )
+        return done is not None
+
+    async def complete_export(self, export_id: str, attempt: int, blob_key: str, size_bytes: int) -> bool:
+        """The result of the current attempt becomes the job's, once: the export and its download transfer name
+        the blob. False (and nothing changed) when the attempt no longer counts."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            token = await conn.fetchval(
+                """UPDATE exports SET status = 'completed', progress = 100, blob_key = $3, size_bytes = $4,
+                          error = NULL, completed_at = now(), updated_at = now()
+                   WHERE id = $1 AND attempt = $2 AND status = 'running' RETURNING token""",
+                uuid.UUID(export_id), attempt, blob_key, size_bytes,
+            )
+            if token is None:
+                return False
+            await conn.execute("UPDATE transfers SET blob_key = $2 WHERE token = $1", token, blob_key)
+            return True
+
+    async def fail_export(self, export_id: str, attempt: int, error: str) -> bool:
+        done = await self._pool.fetchval(
+            """UPDATE exports SET status = 'failed', error = $3, updated_at = now()
+               WHERE id = $1 AND attempt = $2 AND status = 'running' RETURNING 1""",
+            uuid.UUID(export_id), attempt, error,
+        )
+        return done is not None
+
+    async def cancel_export(self, owner: str | None, export_id: str) -> ExportRow | None:
+        """Mark a running job cancelled (its worker notices at its next progress report); an ended job is left as
+        it is. None when there is no such export."""
+        r = await self._pool.fetchrow(
+            f"""UPDATE exports SET status = 'cancelled', updated_at = now()
+                WHERE {_OWNER} AND id = $2 AND status = 'running' RETURNING *""",
+            owner, uuid.UUID(export_id),
+        )
+        return _export(r) if r else await self.get_export(owner, export_id)
 
     async def get_export(self, owner: str | None, export_id: str) -> ExportRow | None:
         r = await self._pool.fetchrow(f"SELECT * FROM exports WHERE {_OWNER} AND id = $2", owner,
@@ -282,7 +330,7 @@ class FilesRepository:
         return _export(r) if r else None
 
     async def fail_abandoned_exports(self, older_than_s: int) -> int:
-        """Jobs whose replica stopped (no progress for `older_than_s`) are marked failed."""
+        """Jobs without progress for `older_than_s` (no worker reported on them) are marked failed."""
         return await self._pool.fetchval(
             """WITH failed AS (UPDATE exports SET status = 'failed', error = 'interrupted', updated_at = now()
                                WHERE status = 'running' AND updated_at < now() - make_interval(secs => $1)

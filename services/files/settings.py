@@ -36,6 +36,12 @@ class FilesSettings(ServiceSettings):
     chunk_bytes: int = 1 * MIB
     # Exports of more responses than this run as background jobs with progress (GET /api/export/jobs/{id}).
     export_job_responses: int = 5000
+    # Export jobs are messages on a Redis Streams queue that `python -m services.files.worker` consumes. A worker
+    # that holds a job and stops reporting (killed) for this long loses it to another worker, which starts it over.
+    # A live worker renews its claim every third of it, so only this bounds how late a dead worker's job restarts.
+    export_claim_idle_ms: int = 30_000
+    # Attempts of one job that may end in an unexpected error before its message goes to the dead-letter stream.
+    export_max_deliveries: int = 3
 
     def __post_init__(self) -> None:
         problems = []
@@ -43,7 +49,8 @@ class FilesSettings(ServiceSettings):
             problems.append(f"LLMLAB_FILES_BLOB_BACKEND={self.blob_backend!r} must be fs or s3")
         if self.signing_secret and len(self.signing_secret) < 32:
             problems.append("LLMLAB_FILES_SIGNING_SECRET must have at least 32 characters")
-        for name in ("url_ttl_seconds", "max_file_bytes", "chunk_bytes", "export_job_responses"):
+        for name in ("url_ttl_seconds", "max_file_bytes", "chunk_bytes", "export_job_responses",
+                     "export_claim_idle_ms", "export_max_deliveries"):
             if getattr(self, name) <= 0:
                 problems.append(f"LLMLAB_FILES_{name.upper()} must be positive")
         if self.public_url and not self.public_url.startswith(("http://", "https://")):

@@ -217,3 +217,38 @@ async def test_large_export_runs_as_a_job_with_progress(http, platform):
         assert any(n.startswith("xl/charts/chart") for n in z.namelist())
     r = await http.get("/api/export/jobs/00000000-0000-4000-8000-000000000000")
     assert r.status_code == 404 and r.json()["success"] is False
+
+
+async def test_a_large_export_can_be_cancelled(http, platform):
+    """POST /api/export/jobs/{id}/cancel (docs/files.md "Export jobs"): the job ends "cancelled", its URL is refused
+    (422), and cancelling again answers the same state."""
+    import asyncio
+
+    import asyncpg
+
+    conn = await asyncpg.connect(platform.database_url)
+    await conn.execute(f"SET search_path TO {platform.schema('experiments')}")
+    try:
+        exp_id = await make_experiment(http, conn, "Cancelled export", 0.5, 0)
+        await conn.executemany(
+            """INSERT INTO responses (experiment_id, content, quality_metrics, overall_quality, response_time_ms,
+                                      token_count, cost) VALUES ($1, $2, $3::jsonb, $4, 100, 10, 0.0001)""",
+            [(exp_id, f"r{i}", json.dumps({"coherence": 80.0, "overall_quality": 80.0}), 80.0)
+             for i in range(8000)])
+    finally:
+        await conn.close()
+    data = (await http.get(f"/api/export/experiment/{exp_id}", params={"format": "xlsx"})).json()["data"]
+    assert data["status"] == "running", data
+    r = await http.post(f"/api/export/jobs/{data['job_id']}/cancel")
+    assert r.status_code == 200, r.text
+    assert r.json()["success"] is True and r.json()["data"]["status"] == "cancelled"
+    await asyncio.sleep(1)
+    job = (await http.get(f"/api/export/jobs/{data['job_id']}")).json()["data"]
+    assert job["status"] == "cancelled" and job["file_size"] == "", job
+    async with httpx.AsyncClient(timeout=60) as anonymous:
+        refused = await anonymous.get(data["export_url"])
+    assert refused.status_code == 422 and "cancelled" in refused.json()["message"], refused.text
+    again = await http.post(f"/api/export/jobs/{data['job_id']}/cancel")
+    assert again.status_code == 200 and again.json()["data"]["status"] == "cancelled"
+    r = await http.post("/api/export/jobs/00000000-0000-4000-8000-000000000000/cancel")
+    assert r.status_code == 404 and r.json()["success"] is False

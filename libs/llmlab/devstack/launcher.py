@@ -1,4 +1,5 @@
-"""The whole llmlab platform on one machine: six services and the Envoy gateway under one supervisor."""
+"""The whole llmlab platform on one machine: six services, the files service's export worker and the Envoy gateway
+under one supervisor."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import TextIO
 from gateway.render import GatewayConfig, render
 from llmlab.runtime.settings import DEFAULT_PORTS, SERVICES
 
+from ._net import free_port
 from ._supervisor import ProcessSpec, Supervisor
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -34,6 +36,8 @@ class PlatformConfig:
     # Extra environment for every service (e.g. per-test schema names and Redis prefix).
     env: Mapping[str, str] = field(default_factory=dict)
     grace: float = 10.0
+    # gRPC health port of the export worker (python -m services.files.worker); 0: a free port picked at start.
+    files_worker_port: int = 0
 
     @property
     def gateway_url(self) -> str:
@@ -108,6 +112,18 @@ def platform_specs(cfg: PlatformConfig) -> list[ProcessSpec]:
         )
         for svc in SERVICES
     ]
+    # Large exports are jobs on a queue that this worker consumes beside the files service (docs/files.md).
+    worker_port = cfg.files_worker_port or free_port()
+    specs.append(
+        ProcessSpec(
+            name="files-worker",
+            argv=[cfg.python, "-m", "services.files.worker"],
+            env={**env, "LLMLAB_FILES_WORKER_PORT": str(worker_port)},
+            cwd=ROOT,
+            ready=worker_port,
+            ready_timeout=60.0,
+        )
+    )
     envoy_config = render_gateway(cfg)
 
     async def gateway_ready() -> bool:

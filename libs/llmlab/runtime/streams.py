@@ -134,6 +134,11 @@ class StreamConsumer:
         await self._redis.xack(self.stream, self.group, msg.id)
         return True
 
+    async def touch(self, msg_id: str) -> None:
+        """Reset the idle time of a message this member is still working on, so that no other member reclaims it
+        while its handler is alive (XCLAIM to itself; the delivery count is unchanged)."""
+        await self._redis.xclaim(self.stream, self.group, self.consumer, 0, [msg_id], justid=True)
+
     async def reclaim(self) -> int:
         """Take over messages left pending longer than claim_idle_ms by any member; handle them."""
         handled = 0

@@ -4,6 +4,7 @@ reproducibility record written into every export and report."""
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +30,27 @@ class Export:
     include_analysis: bool = False
     record: dict[str, Any] = field(default_factory=dict)
     subtitle: str = ""
+    # Called by the renderers every TICK_ROWS responses with the fraction done: a job reports progress through it
+    # and stops there when cancelled (it raises). Not part of what is rendered.
+    tick: Callable[[float], None] | None = field(default=None, repr=False, compare=False)
+
+    def response_count(self) -> int:
+        return sum(len(e.get("responses", [])) for e in self.experiments)
+
+    def ticker(self, start: float = 0.0, share: float = 1.0) -> Callable[[int], None]:
+        """A per-response callback for one of a renderer's loops, which does `share` of its work after `start`:
+        calls `tick` every TICK_ROWS responses."""
+        total = max(self.response_count(), 1)
+        tick = self.tick
+
+        def step(i: int) -> None:
+            if tick is not None and i % TICK_ROWS == 0:
+                tick(start + share * min(i / total, 1.0))
+
+        return step
+
+
+TICK_ROWS = 500
 
 
 def _metrics(response: dict[str, Any]) -> dict[str, float]:
@@ -80,9 +102,11 @@ def response_table(x: Export) -> tuple[list[str], list[list[Any]]]:
     if x.include_metrics:
         headers += ["overall_quality", *keys]
     rows = []
+    step = x.ticker(0.0, 0.5)  # the table; writing it out is the other half (csv, xlsx)
     for e in x.experiments:
         p = e.get("parameters") or {}
         for r in e.get("responses", []):
+            step(len(rows))
             row = [e.get("id"), e.get("name"), e.get("model"), p.get("temperature"), p.get("top_p"), r.get("id")]
             if x.include_responses:
                 row.append(r.get("content", ""))

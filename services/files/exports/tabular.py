@@ -16,10 +16,14 @@ CSV_RECORD_COLUMNS = ("platform_version", "generated_at", "model_artifact_sha256
 
 def render_json(x: Export) -> bytes:
     exps = []
+    step = x.ticker()
+    done = 0
     for e in x.experiments:
         e = dict(e)
         responses = []
         for r in e.get("responses", []):
+            step(done)
+            done += 1
             r = dict(r)
             if not x.include_responses:
                 r.pop("content", None)
@@ -63,7 +67,9 @@ def render_csv(x: Export) -> bytes:
     extra = [h for h in ("type", "status", "quality_score", "total_cost", "created_at") if h in e_headers]
     writer.writerow([*r_headers, *(f"experiment_{h}" for h in extra), *CSV_RECORD_COLUMNS])
     by_id = {row[0]: dict(zip(e_headers, row, strict=True)) for row in e_rows}
-    for row in r_rows:
+    step = x.ticker(0.5, 0.5)
+    for i, row in enumerate(r_rows):
+        step(i)
         exp = by_id[row[0]]
         writer.writerow([*map(_cell, row), *(_cell(exp[h]) for h in extra),
                          *map(_cell, _record_values(x, row[0]))])

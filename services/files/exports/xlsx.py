@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
 from typing import Any
 
 import xlsxwriter
@@ -21,10 +22,13 @@ def _value(v: Any) -> Any:
     return v
 
 
-def _sheet(book: Any, name: str, headers: list[str], rows: list[list[Any]], bold: Any) -> Any:
+def _sheet(book: Any, name: str, headers: list[str], rows: list[list[Any]], bold: Any,
+           step: Callable[[int], None] | None = None) -> Any:
     ws = book.add_worksheet(name)
     ws.write_row(0, 0, headers, bold)
     for i, row in enumerate(rows, start=1):
+        if step is not None:
+            step(i)
         for j, v in enumerate(row):
             if v is None:
                 continue
@@ -46,7 +50,7 @@ def render_xlsx(x: Export) -> bytes:
     e_headers, e_rows = experiment_table(x.experiments)
     _sheet(book, "Experiments", e_headers, e_rows, bold)
     r_headers, r_rows = response_table(x)
-    _sheet(book, "Responses", r_headers, r_rows, bold)
+    _sheet(book, "Responses", r_headers, r_rows, bold, x.ticker(0.5, 0.5))
     means = dimension_means(x.experiments) if x.include_metrics else {}
     _sheet(book, "Metrics", ["dimension", "mean"], [[k, round(v, 2)] for k, v in means.items()], bold)
     a_headers, a_rows = analysis_table(x.experiments)

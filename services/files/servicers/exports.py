@@ -94,3 +94,10 @@ class ExportServicer(pb_grpc.ExportServiceServicer):
         if row is None:
             raise NotFound(f"Export job {request.job_id} not found", reason="EXPORT_NOT_FOUND")
         return pb.GetExportJobResponse(success=True, data=self._data(row, context), meta=meta())
+
+    async def CancelExportJob(self, request: pb.CancelExportJobRequest, context: Any
+                              ) -> pb.CancelExportJobResponse:
+        row = await self._jobs.cancel(owner_id(), domain.parse_uuid(request.job_id, "job_id"))
+        if row is None:
+            raise NotFound(f"Export job {request.job_id} not found", reason="EXPORT_NOT_FOUND")
+        return pb.CancelExportJobResponse(success=True, data=self._data(row, context), meta=meta())

@@ -99,15 +99,17 @@ class TransferServicer(pb_grpc.TransferServiceServicer):
                                 ) -> AsyncIterator[httpbody_pb2.HttpBody]:
         self._d.signer.verify("GET", request.token, request.filename, request.expires, request.signature)
         grant = await self._d.repo.get_transfer(request.token, "download")
-        if grant is None or grant.blob_key is None:
+        if grant is None:
             raise _gone()
         if grant.target == "export":
             export = await self._d.repo.get_export(None, grant.target_id)
             if export is not None and export.status == "running":
                 raise AlreadyExists(f"The export is still being prepared ({export.progress}% done); try again shortly",
                                     reason="EXPORT_NOT_READY", metadata={"progress": export.progress})
-            if export is not None and export.status == "failed":
-                raise FailedPrecondition("The export failed; ask for a new one")
+            if export is not None and export.status in ("failed", "cancelled"):
+                raise FailedPrecondition(f"The export {export.status}; ask for a new one")
+        if grant.blob_key is None:
+            raise _gone()
         first = True
         try:
             async for chunk in self._d.store.read(grant.blob_key, self._d.settings.chunk_bytes):
