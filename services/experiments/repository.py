@@ -8,6 +8,8 @@ from typing import Any
 
 import asyncpg
 
+from llmlab.runtime import db
+
 from .domain import BulkAction, ExperimentPatch, ListQuery, NewExperiment
 
 # Aggregates derived from responses; never stored twice.
@@ -115,7 +117,7 @@ def _where(q: ListQuery) -> tuple[str, list[Any]]:
         return f"${len(args)}"
 
     if q.search:
-        pattern = "%" + q.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        pattern = db.contains_pattern(q.search)
         p = arg(pattern)
         clauses.append(f"(e.name ILIKE {p} OR e.description ILIKE {p})")
     if q.type:

@@ -9,6 +9,8 @@ from typing import Any
 
 import asyncpg
 
+from llmlab.runtime import db
+
 from .domain import ListQuery
 
 _SELECT = """
@@ -112,7 +114,7 @@ def _where(f: ResponseFilter) -> tuple[str, list[Any]]:
     if f.max_quality is not None:
         clauses.append(f"r.overall_quality <= {arg(f.max_quality)}")
     if f.search:
-        pattern = "%" + f.search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        pattern = db.contains_pattern(f.search)
         clauses.append(f"r.content ILIKE {arg(pattern)}")
     if f.models:
         clauses.append(f"coalesce(nullif(r.model, ''), e.model) = ANY({arg(f.models)}::text[])")

@@ -113,5 +113,10 @@ async def ping(dsn: str) -> None:
         await conn.close()
 
 
+def contains_pattern(text: str) -> str:
+    """An ILIKE pattern matching `text` anywhere, its own %, _ and backslash taken literally."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
 def pool_in_use(pool: asyncpg.Pool) -> int:
     return pool.get_size() - pool.get_idle_size()
