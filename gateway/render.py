@@ -25,18 +25,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import ipaddress
-import json
 import pathlib
 import re
 import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping
-from urllib.parse import urlsplit
 
 from google.protobuf import descriptor_pb2
 
+from gateway.clusters import cluster, otlp_address
+from gateway.yaml_text import yaml_lines
 from llmlab.runtime.httprules import FAMILY_PREFIXES, method_bindings
 from llmlab.runtime.settings import DEFAULT_PORTS, SERVICES
 
@@ -135,68 +134,6 @@ def transcoded_services(descriptor_bytes: bytes) -> list[TranscodedService]:
     if not found:
         raise ValueError("the descriptor set has no service with google.api.http rules")
     return found
-
-
-def _socket(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"expected host:port, got {address!r}")
-    return host.strip("[]"), int(port)
-
-
-def _cluster(name: str, address: str, *, http2: bool = True, health_check: bool = False, k8s: bool = False) -> dict:
-    host, port = _socket(address)
-    try:
-        ipaddress.ip_address(host)
-        kind = "STATIC"
-    except ValueError:
-        kind = "STRICT_DNS"
-    cluster: dict = {
-        "name": name,
-        "type": kind,
-        "connect_timeout": "2s" if k8s else "1s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [
-                {"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}]}
-            ],
-        },
-        # SSE streams hold a request slot for their whole life: the default 1024 would cap concurrent streams.
-        "circuit_breakers": {
-            "thresholds": [{"max_connections": 10000, "max_pending_requests": 10000, "max_requests": 10000}]
-        },
-    }
-    if kind == "STRICT_DNS":
-        cluster["dns_lookup_family"] = "V4_PREFERRED"  # refresh stays at Envoy's 5 s default
-        # A pod leaving the headless Service's DNS stops getting requests at once, even while its health check
-        # still passes (its preStop keeps it SERVING until the drain starts).
-        cluster["ignore_health_on_host_removal"] = True
-    if http2:
-        cluster["typed_extension_protocol_options"] = {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {
-                    "http2_protocol_options": {
-                        "connection_keepalive": {"interval": "30s", "timeout": "5s"},
-                        # A malformed response (say, trailers past the header limit) resets its own stream only,
-                        # not the connection that other clients' requests share.
-                        "override_stream_error_on_invalid_http_message": True,
-                    }
-                },
-            }
-        }
-    if health_check:
-        cluster["health_checks"] = [
-            {
-                "timeout": "1s",
-                "interval": "5s",
-                "no_traffic_interval": "5s",
-                "unhealthy_threshold": 2,
-                "healthy_threshold": 1,
-                "grpc_health_check": {},
-            }
-        ]
-    return cluster
 
 
 def _transcoder(descriptor: str, services: list[TranscodedService], max_body: int, max_response: int) -> dict:
@@ -356,13 +293,6 @@ def _access_log() -> list[dict]:
     ]
 
 
-def _otlp_address(endpoint: str) -> str:
-    if "//" in endpoint:
-        parts = urlsplit(endpoint)
-        return f"{parts.hostname}:{parts.port or 4317}"
-    return endpoint
-
-
 def build(cfg: GatewayConfig) -> dict:
     """The Envoy bootstrap as a dict (``render`` dumps it as YAML)."""
     descriptor_file = _repo_path(cfg.descriptor_path)
@@ -489,7 +419,7 @@ def build(cfg: GatewayConfig) -> dict:
     }
     if cfg.access_log:
         hcm["access_log"] = _access_log()
-    clusters = [_cluster(svc, cfg.upstreams[svc], health_check=True, k8s=k8s) for svc in SERVICES]
+    clusters = [cluster(svc, cfg.upstreams[svc], health_check=True, k8s=k8s) for svc in SERVICES]
     clusters.append(
         {
             "name": "unrouted",
@@ -510,7 +440,7 @@ def build(cfg: GatewayConfig) -> dict:
                 },
             },
         }
-        clusters.append(_cluster("otlp", _otlp_address(cfg.otlp_endpoint), k8s=k8s))
+        clusters.append(cluster("otlp", otlp_address(cfg.otlp_endpoint), k8s=k8s))
     return {
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": cfg.admin_port}}},
         "static_resources": {
@@ -528,50 +458,13 @@ def build(cfg: GatewayConfig) -> dict:
     }
 
 
-_PLAIN = re.compile(r"^[A-Za-z_./][A-Za-z0-9_./-]*$")
-_YAML_WORDS = {"true", "false", "yes", "no", "on", "off", "null", "y", "n", "~"}
-
-
-def _scalar(v: object) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return json.dumps(v)
-    s = str(v)
-    if _PLAIN.match(s) and s.lower() not in _YAML_WORDS:
-        return s
-    return json.dumps(s)  # a JSON string is a valid YAML double-quoted scalar
-
-
-def _yaml(v: object, indent: int = 0) -> list[str]:
-    pad = " " * indent
-    lines: list[str] = []
-    if isinstance(v, dict):
-        for k, item in v.items():
-            key = _scalar(k)
-            if isinstance(item, dict | list) and item:
-                lines.append(f"{pad}{key}:")
-                lines.extend(_yaml(item, indent + 2))
-            else:
-                lines.append(f"{pad}{key}: {_scalar(item) if not isinstance(item, dict | list) else json.dumps(item)}")
-    else:
-        for item in v:  # type: ignore[union-attr]
-            if isinstance(item, dict | list) and item:
-                sub = _yaml(item, indent + 2)
-                lines.append(f"{pad}- {sub[0].lstrip()}")
-                lines.extend(sub[1:])
-            else:
-                lines.append(f"{pad}- {_scalar(item) if not isinstance(item, dict | list) else json.dumps(item)}")
-    return lines
-
-
 def render(cfg: GatewayConfig) -> str:
     """The Envoy config as YAML text."""
     header = [
         f"# Generated by gateway/render.py --mode {cfg.mode}; do not edit.",
         "# Filters: lua errors, health_check, cors, buffer, ext_authz, grpc_json_transcoder, router.",
     ]
-    return "\n".join(header + _yaml(build(cfg))) + "\n"
+    return "\n".join(header + yaml_lines(build(cfg))) + "\n"
 
 
 def envoy_validate(text: str, envoy: pathlib.Path = ENVOY) -> tuple[bool, str]:
