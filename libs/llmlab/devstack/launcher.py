@@ -1,4 +1,4 @@
-"""The whole llmlab platform on one machine: six services, the files service's export worker and the Envoy gateway
+"""The whole llmlab platform on one machine: six services, their worker processes (WORKERS) and the Envoy gateway
 under one supervisor."""
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ class PlatformConfig:
     # Extra environment for every service (e.g. per-test schema names and Redis prefix).
     env: Mapping[str, str] = field(default_factory=dict)
     grace: float = 10.0
-    # gRPC health port of the export worker (python -m services.files.worker); 0: a free port picked at start.
-    files_worker_port: int = 0
+    # gRPC health port of each worker process (WORKERS); a worker not named here gets a free port at start.
+    worker_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def gateway_url(self) -> str:
@@ -98,6 +98,13 @@ def render_gateway(cfg: PlatformConfig) -> Path:
     return path
 
 
+# Worker process types started beside the services: name -> (module, env var naming its gRPC health port).
+# Each consumes a job queue of its service (the module's docstring says which); one line per worker type.
+WORKERS: dict[str, tuple[str, str]] = {
+    "files-worker": ("services.files.worker", "LLMLAB_FILES_WORKER_PORT"),  # export jobs (docs/files.md)
+}
+
+
 def platform_specs(cfg: PlatformConfig) -> list[ProcessSpec]:
     """Auth first (the gateway asks it about every request), the other services, then Envoy."""
     env = service_env(cfg)
@@ -112,18 +119,18 @@ def platform_specs(cfg: PlatformConfig) -> list[ProcessSpec]:
         )
         for svc in SERVICES
     ]
-    # Large exports are jobs on a queue that this worker consumes beside the files service (docs/files.md).
-    worker_port = cfg.files_worker_port or free_port()
-    specs.append(
-        ProcessSpec(
-            name="files-worker",
-            argv=[cfg.python, "-m", "services.files.worker"],
-            env={**env, "LLMLAB_FILES_WORKER_PORT": str(worker_port)},
-            cwd=ROOT,
-            ready=worker_port,
-            ready_timeout=60.0,
+    for name, (module, port_env) in WORKERS.items():
+        port = cfg.worker_ports.get(name) or free_port()
+        specs.append(
+            ProcessSpec(
+                name=name,
+                argv=[cfg.python, "-m", module],
+                env={**env, port_env: str(port)},
+                cwd=ROOT,
+                ready=port,
+                ready_timeout=60.0,
+            )
         )
-    )
     envoy_config = render_gateway(cfg)
 
     async def gateway_ready() -> bool:
