@@ -13,7 +13,7 @@ from llmlab.runtime.text import scalar, visible_text
 from llmlab.sampling import violation
 
 TYPES = ("single", "batch")
-STATUSES = ("draft", "running", "completed", "failed")
+STATUSES = ("draft", "queued", "running", "completed", "failed", "cancelled")  # queued, cancelled: sweeps
 SORT_FIELDS = ("created_at", "updated_at", "quality", "name")
 SORT_ORDERS = ("asc", "desc")
 VIEW_MODES = ("list", "timeline", "grid")

@@ -98,18 +98,70 @@ class Peers:
         self.scoring = spb_grpc.ScoringServiceStub(metrics)
         self.events = events
 
-    async def prices(self, model: str) -> Prices:
-        """The model's record, before anything is stored: unknown -> 400, registry unreachable -> 503."""
+    async def prices(self, model: str, field: str = "model",
+                     unknown: str = "is no longer a registered model (GET /api/models lists them); update the "
+                                    "experiment's model") -> Prices:
+        """The model's record, before anything is stored: unknown -> 400 (`field`, `unknown`), registry
+        unreachable -> 503."""
         try:
             found = await self.inference.GetModel(inf.GetModelRequest(id=model), timeout=LOOKUP_TIMEOUT_SECONDS)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
-                raise validation_error("model", model, "is no longer a registered model (GET /api/models lists "
-                                       "them); update the experiment's model") from None
+                raise validation_error(field, model, unknown) from None
             raise Unavailable("The inference service cannot be reached; nothing was generated, please retry",
                               reason="INFERENCE_UNAVAILABLE") from None
         m = found.model
         return Prices(m.id, m.input_price_per_1k / 1000, m.output_price_per_1k / 1000, m.max_output_tokens)
+
+
+@dataclass(frozen=True)
+class Subject:
+    """The experiment a scored response belongs to."""
+
+    experiment_id: int
+    experiment_type: str
+    prompt: str
+
+
+async def publish_created(peers: Peers, run_id: str, response_id: int, o: Outcome) -> None:
+    """Announce a stored response (response.created); a failure to publish is logged, the response stays stored."""
+    if peers.events is None:
+        return
+    try:
+        await peers.events.publish(RESPONSES_STREAM, "response.created", {
+            "response_id": response_id, "experiment_id": o.experiment_id, "run_id": run_id, "model": o.model,
+            "parameters": o.parameters, "token_count": o.token_count, "prompt_tokens": o.prompt_tokens,
+            "cost": o.cost, "response_time": o.response_time_ms, "finish_reason": o.finish_reason,
+        })
+    except Exception as exc:  # the response is stored; the event stream is for analytics to catch up
+        log.warning("response.created not published", response_id=response_id, error=type(exc).__name__)
+
+
+async def score(peers: Peers, repo: ResponseRepository, e: Subject, response_id: int, created_at: Any, o: Outcome,
+                logprobs: list[float]) -> bool:
+    """Score a stored response with the metrics service and store the scores; False when it was not scored."""
+    if not o.content.strip():
+        return False  # nothing to score: the response stays unscored (metrics omitted)
+    try:
+        scored = await peers.scoring.ScoreResponse(spb.ScoreResponseRequest(input=spb.ScoringInput(
+            content=o.content, prompt=e.prompt, max_tokens=int(o.parameters["max_tokens"]),
+            finish_reason=o.finish_reason, token_logprobs=logprobs,
+            subject=spb.ScoringSubject(response_id=response_id, experiment_id=e.experiment_id,
+                                       experiment_type=e.experiment_type, model=o.model, created_at=iso(created_at)),
+        )), timeout=SCORING_TIMEOUT_SECONDS)
+    except grpc.aio.AioRpcError as exc:
+        log.warning("response not scored", response_id=response_id, status=exc.code().name)
+        return False
+    s = scored.result.scores
+    metrics = {d: getattr(s, d) for d in ("coherence", "completeness", "readability", "creativity",
+                                           "specificity", "length_appropriateness")}
+    t = scored.result.text_stats
+    await repo.set_scores(
+        response_id, metrics, s.overall_quality,
+        s.perplexity if s.HasField("perplexity") else None, s.mean_logprob if s.HasField("mean_logprob") else None,
+        {"word_count": t.word_count, "type_token_ratio": t.type_token_ratio, "sentiment": t.sentiment},
+    )
+    return True
 
 
 class Run:
@@ -158,40 +210,11 @@ class Run:
         return await self.repo.get(response_id), None
 
     async def _publish(self, response_id: int, o: Outcome) -> None:
-        if self.peers.events is None:
-            return
-        try:
-            await self.peers.events.publish(RESPONSES_STREAM, "response.created", {
-                "response_id": response_id, "experiment_id": o.experiment_id, "run_id": self.id, "model": o.model,
-                "parameters": o.parameters, "token_count": o.token_count, "prompt_tokens": o.prompt_tokens,
-                "cost": o.cost, "response_time": o.response_time_ms, "finish_reason": o.finish_reason,
-            })
-        except Exception as exc:  # the response is stored; the event stream is for analytics to catch up
-            log.warning("response.created not published", response_id=response_id, error=type(exc).__name__)
+        await publish_created(self.peers, self.id, response_id, o)
 
     async def _score(self, response_id: int, created_at: Any, o: Outcome, logprobs: list[float]) -> None:
-        if not o.content.strip():
-            return  # nothing to score: the response stays unscored (metrics omitted)
         e = self.experiment
-        try:
-            scored = await self.peers.scoring.ScoreResponse(spb.ScoreResponseRequest(input=spb.ScoringInput(
-                content=o.content, prompt=e.prompt, max_tokens=int(o.parameters["max_tokens"]),
-                finish_reason=o.finish_reason, token_logprobs=logprobs,
-                subject=spb.ScoringSubject(response_id=response_id, experiment_id=e.id, experiment_type=e.type,
-                                           model=o.model, created_at=iso(created_at)),
-            )), timeout=SCORING_TIMEOUT_SECONDS)
-        except grpc.aio.AioRpcError as exc:
-            log.warning("response not scored", response_id=response_id, status=exc.code().name)
-            return
-        s = scored.result.scores
-        metrics = {d: getattr(s, d) for d in ("coherence", "completeness", "readability", "creativity",
-                                               "specificity", "length_appropriateness")}
-        t = scored.result.text_stats
-        await self.repo.set_scores(
-            response_id, metrics, s.overall_quality,
-            s.perplexity if s.HasField("perplexity") else None, s.mean_logprob if s.HasField("mean_logprob") else None,
-            {"word_count": t.word_count, "type_token_ratio": t.type_token_ratio, "sentiment": t.sentiment},
-        )
+        await score(self.peers, self.repo, Subject(e.id, e.type, e.prompt), response_id, created_at, o, logprobs)
 
     async def _one(self, p: PlannedResponse) -> tuple[ResponseRecord | None, dict[str, Any] | None]:
         try:

@@ -97,6 +97,10 @@ class Outcome:
     cost: float = 0.0
     finish_reason: str = ""
     error: dict[str, Any] | None = None
+    # A sweep's response: its idempotency key (combination, iteration) and the sampling seed it was generated with.
+    sweep_combination: int | None = None
+    sweep_iteration: int | None = None
+    seed: int | None = None
 
 
 def _where(f: ResponseFilter) -> tuple[str, list[Any]]:
@@ -145,6 +149,23 @@ class ResponseRepository:
             json.dumps(o.error) if o.error else None,
         )
         return row["id"], row["created_at"]
+
+    async def insert_once(self, o: Outcome) -> tuple[int, dt.datetime] | None:
+        """Store a sweep's response unless one with its (experiment, combination, iteration) exists: returns
+        (id, created_at), or None when another attempt stored it first."""
+        row = await self._pool.fetchrow(
+            """INSERT INTO responses (experiment_id, run_id, model, parameters, content, response_time_ms,
+                                      prompt_tokens, token_count, cost, finish_reason, status, error,
+                                      sweep_combination, sweep_iteration, seed)
+               VALUES ($1, $2::uuid, $3, $4::jsonb, $5, $6, $7, $8, $9, $10, $11, $12::jsonb, $13, $14, $15)
+               ON CONFLICT (experiment_id, sweep_combination, sweep_iteration) WHERE sweep_combination IS NOT NULL
+               DO NOTHING
+               RETURNING id, created_at""",
+            o.experiment_id, o.run_id, o.model, json.dumps(o.parameters), o.content, o.response_time_ms,
+            o.prompt_tokens, o.token_count, o.cost, o.finish_reason, "failed" if o.error else "completed",
+            json.dumps(o.error) if o.error else None, o.sweep_combination, o.sweep_iteration, o.seed,
+        )
+        return (row["id"], row["created_at"]) if row else None
 
     async def set_scores(self, response_id: int, metrics: dict[str, float], overall: float,
                          perplexity: float | None, mean_logprob: float | None, text_stats: dict[str, Any]) -> None:

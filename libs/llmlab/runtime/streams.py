@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -183,3 +184,121 @@ class StreamConsumer:
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("redis unavailable, retrying", stream=self.stream, error=str(exc))
                 await asyncio.sleep(1)
+
+
+class PriorityConsumer:
+    """One member of a consumer group over several streams, read in priority order (the first stream first), with
+    up to `concurrency` messages in hand at once. Each stream keeps StreamConsumer's rules (ack after the handler,
+    XAUTOCLAIM of messages idle past claim_idle_ms, dead letters after max_deliveries); in addition, the claim on a
+    message is renewed every third of claim_idle_ms while its handler runs, so only a member that died (or hangs
+    its event loop) loses its messages, however long a handler takes.
+
+    Order: stale messages (reclaim) first, then new ones, each from the highest-priority stream that has any; when
+    every stream is empty a member blocks on all of them at once."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str,
+        streams: list[str],
+        group: str,
+        consumer: str,
+        handler: Handler,
+        *,
+        concurrency: int = 1,
+        block_ms: int = 1000,
+        claim_idle_ms: int = 30_000,
+        max_deliveries: int = 5,
+    ) -> None:
+        self._redis = client
+        self.consumers = [StreamConsumer(client, prefix, s, group, consumer, handler, batch=1, block_ms=block_ms,
+                                         claim_idle_ms=claim_idle_ms, max_deliveries=max_deliveries)
+                          for s in streams]
+        self.group = group
+        self.consumer = consumer
+        self._concurrency = concurrency
+        self._block_ms = block_ms
+        self._claim_idle_ms = claim_idle_ms
+        self._next_reclaim = 0.0
+
+    async def ensure_groups(self) -> None:
+        for c in self.consumers:
+            await c.ensure_group()
+
+    async def _reclaim_one(self) -> tuple[StreamConsumer, StreamMessage, dict[Any, Any]] | None:
+        for c in self.consumers:
+            start = "0-0"
+            for _ in range(8):  # skip past entries deleted from the stream, a few pages at most
+                result = await self._redis.xautoclaim(c.stream, self.group, self.consumer, self._claim_idle_ms,
+                                                      start_id=start, count=1)
+                start, messages = result[0], result[1]
+                for msg_id, fields in messages:
+                    if fields is not None:
+                        return c, _decode(msg_id, fields, await c._deliveries(msg_id)), fields
+                if start in (b"0-0", "0-0"):
+                    break
+        return None
+
+    async def _read_one(self, streams: list[StreamConsumer], block_ms: int | None) -> (
+            tuple[StreamConsumer, StreamMessage, dict[Any, Any]] | None):
+        by_key = {c.stream: c for c in streams}
+        result = await self._redis.xreadgroup(self.group, self.consumer, {c.stream: ">" for c in streams},
+                                              count=1, block=block_ms)
+        for stream, messages in result or []:
+            name = stream.decode() if isinstance(stream, bytes) else stream
+            for msg_id, fields in messages:
+                return by_key[name], _decode(msg_id, fields), fields
+        return None
+
+    async def next(self) -> tuple[StreamConsumer, StreamMessage, dict[Any, Any]] | None:
+        """The next message this member should handle, or None after block_ms without one."""
+        if time.monotonic() >= self._next_reclaim:
+            found = await self._reclaim_one()
+            if found is not None:
+                return found
+            self._next_reclaim = time.monotonic() + self._claim_idle_ms / 4000
+        for c in self.consumers:
+            found = await self._read_one([c], None)  # no BLOCK: answers at once
+            if found is not None:
+                return found
+        return await self._read_one(self.consumers, self._block_ms)
+
+    async def _renew(self, c: StreamConsumer, msg_id: str) -> None:
+        while True:
+            await asyncio.sleep(self._claim_idle_ms / 3000)
+            try:
+                await c.touch(msg_id)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("claim not renewed", stream=c.stream, message_id=msg_id, error=str(exc))
+
+    async def handle(self, c: StreamConsumer, msg: StreamMessage, fields: dict[Any, Any]) -> bool:
+        renew = asyncio.create_task(self._renew(c, msg.id))
+        try:
+            return await c._handle(msg, fields)
+        finally:
+            renew.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renew
+
+    async def _slot(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                found = await self.next()
+                if found is not None:
+                    await self.handle(*found)
+            except asyncio.CancelledError:
+                raise
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                log.warning("redis unavailable, retrying", group=self.group, error=str(exc))
+                await asyncio.sleep(1)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume with `concurrency` slots until `stop` is set."""
+        await self.ensure_groups()
+        slots = [asyncio.create_task(self._slot(stop)) for _ in range(self._concurrency)]
+        try:
+            await asyncio.gather(*slots)
+        finally:
+            for t in slots:
+                t.cancel()
+            await asyncio.gather(*slots, return_exceptions=True)
