@@ -135,7 +135,7 @@ class SweepRepository:
             await conn.execute(
                 """INSERT INTO sweeps (experiment_id, priority, grid, combinations, responses_per_combination, seed,
                                        owner_id, estimated_cost, estimated_seconds)
-                   VALUES ($1, $2, $3::jsonb, $4::jsonb, $5, coalesce($6, $1), $7, $8, $9)""",
+                   VALUES ($1::integer, $2, $3::jsonb, $4::jsonb, $5, coalesce($6::bigint, $1::integer), $7, $8, $9)""",
                 exp_id, s.priority, json.dumps(s.raw_grid), json.dumps(s.grid.combinations()), s.per_combination,
                 s.seed, owner, cost, seconds)
             return await self._get(conn, exp_id)  # type: ignore[return-value]
