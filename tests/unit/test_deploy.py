@@ -387,3 +387,42 @@ def test_kustomize_renders_base_with_every_component(tmp_path):
     assert quantity(inference["resources"]["limits"]["memory"]) > 0, "the GPU patch keeps the base's resources"
     assert inference["readinessProbe"]["grpc"] == {"port": PORT}
     assert by_kind(docs, "Service")["gateway-external"]["spec"]["type"] == "LoadBalancer"
+
+
+# --- the sweep workers (docs/sweeps.md) ---------------------------------------------------------------------
+
+
+def test_experiments_worker_runs_the_worker_with_the_service_s_settings_and_scales_on_the_sweep_queues():
+    from services.experiments import sweeps
+    from services.experiments.settings import ExperimentsSettings
+
+    objs = base_objects("experiments-worker")
+    assert {"Deployment", "ServiceAccount", "PodDisruptionBudget", "ScaledObject"} <= set(objs)
+    dep = objs["Deployment"]
+    assert_hardened(dep)
+    c = container(dep)
+    assert c["args"] == ["experiments.worker"] and c["startupProbe"]["grpc"] == {"port": PORT}
+    env = env_of(c)
+    for var, key in (("LLMLAB_DATABASE_URL", "database-url"), ("LLMLAB_REDIS_URL", "redis-url")):
+        assert env[var]["valueFrom"]["secretKeyRef"] == {"name": SECRET, "key": key}, var
+    fields = {f.name for f in dataclasses.fields(ExperimentsSettings)}
+    for name in env:
+        if name.startswith("LLMLAB_") and not name.endswith(("_TARGET", "_WORKER_PORT")):
+            assert name.removeprefix("LLMLAB_EXPERIMENTS_").removeprefix("LLMLAB_").lower() in fields, name
+    assert env["LLMLAB_EXPERIMENTS_WORKER_PORT"]["value"] == str(PORT)
+    assert {env[f"LLMLAB_{p}_TARGET"]["value"] for p in ("INFERENCE", "METRICS")} == {"inference:50051",
+                                                                                    "metrics:50051"}
+    plain = {n: e["value"] for n, e in env.items() if "value" in e and n.startswith("LLMLAB_")}
+    load_settings(ExperimentsSettings, "experiments", environ=plain)  # every value parses
+
+    scaled = objs["ScaledObject"]
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    assert scaled["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"]
+    assert scaled["spec"]["minReplicaCount"] >= 1  # delivered (pending) items always have a worker to finish them
+    prefix = ServiceSettings.redis_prefix
+    triggers = scaled["spec"]["triggers"]
+    assert [t["metadata"]["stream"] for t in triggers] == [f"{prefix}:stream:{sweeps.queue_name(p)}"
+                                                           for p in sweeps.PRIORITIES]
+    for t in triggers:
+        assert t["type"] == "redis-streams" and t["metadata"]["consumerGroup"] == sweeps.GROUP
+        assert int(t["metadata"]["lagCount"]) > 0 and t["metadata"]["addressFromEnv"] in env
