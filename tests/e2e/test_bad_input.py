@@ -114,8 +114,8 @@ async def test_oversized_body_is_413(http, target):
 
 
 async def test_unimplemented_endpoints_are_501_in_each_family(http):
-    lab = assert_lab_error(await http.get("/api/batch-experiments"), 501, "NOT_IMPLEMENTED")
-    assert lab["message"] == "ListBatchExperiments is not implemented yet"
+    lab = assert_lab_error(await http.get("/api/evaluations"), 501, "NOT_IMPLEMENTED")
+    assert lab["message"] == "ListEvaluations is not implemented yet"
     r = await http.get("/v1/batches/batch_123")
     assert r.status_code == 501
     assert r.json()["error"]["type"] == "api_error" and r.json()["request_id"] == r.headers["x-request-id"]

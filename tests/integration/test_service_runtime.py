@@ -9,9 +9,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from llmlab.common.v1 import service_info_pb2, service_info_pb2_grpc
-from llmlab.experiments.v1 import batch_experiments_service_pb2, batch_experiments_service_pb2_grpc
 from llmlab.experiments.v1 import experiments_service_pb2 as pb
 from llmlab.experiments.v1 import experiments_service_pb2_grpc as pb_grpc
+from llmlab.experiments.v1 import prompts_service_pb2, prompts_service_pb2_grpc
 from llmlab.runtime import ServiceApp, ServiceSpec
 
 
@@ -47,11 +47,11 @@ async def test_service_info_and_metrics(experiments_channel):
 
 
 async def test_unimplemented_rpc_is_a_clean_501(experiments_channel):
-    stub = batch_experiments_service_pb2_grpc.BatchExperimentServiceStub(experiments_channel)
+    stub = prompts_service_pb2_grpc.PromptServiceStub(experiments_channel)
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await stub.GetBatchExperiment(batch_experiments_service_pb2.GetBatchExperimentRequest(id=1))
+        await stub.CreatePrompt(prompts_service_pb2.CreatePromptRequest())
     assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert err.value.details() == "GetBatchExperiment is not implemented yet"
+    assert err.value.details() == "CreatePrompt is not implemented yet"
     st = status_pb2.Status.FromString(dict(err.value.trailing_metadata())["grpc-status-details-bin"])
     info = error_details_pb2.ErrorInfo()
     st.details[0].Unpack(info)
