@@ -20,6 +20,7 @@ import grpc
 import pytest
 from google.protobuf import json_format, struct_pb2
 
+from llmlab.devstack import free_port
 from llmlab.experiments.v1 import batch_experiments_service_pb2 as pb
 from llmlab.experiments.v1 import batch_experiments_service_pb2_grpc as pb_grpc
 from llmlab.runtime import load_settings
@@ -129,10 +130,10 @@ async def lab(database_url, redis_url, schema, redis_prefix, monkeypatch) -> Asy
             "LLMLAB_METRICS_TARGET": f"127.0.0.1:{apps['metrics'].port}",
         }
 
-        async def start_worker(concurrency: int = 1) -> Worker:
+        async def start_worker(concurrency: int = 1, **extra: str) -> Worker:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "services.experiments.worker", cwd=ROOT,
-                env={**env, "LLMLAB_EXPERIMENTS_SWEEP_WORKER_CONCURRENCY": str(concurrency)},
+                env={**env, "LLMLAB_EXPERIMENTS_SWEEP_WORKER_CONCURRENCY": str(concurrency), **extra},
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
             w = Worker(proc)
             workers.append(w)
@@ -259,7 +260,7 @@ async def test_a_restart_of_the_whole_platform_mid_sweep_resumes_it(lab):
     assert [k for k in got if k in before] == before  # what was stored before the restart was kept as it was
 
 
-async def test_cancel_drops_queued_work_and_keeps_what_is_stored(lab):
+async def test_cancel_drops_queued_work(lab):
     app = lab["apps"]["experiments"]
     channel, s = stub(app)
     async with channel:
@@ -273,5 +274,28 @@ async def test_cancel_drops_queued_work_and_keeps_what_is_stored(lab):
             await s.CancelBatchExperiment(pb.CancelBatchExperimentRequest(id=created.id + 1000))
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
         listed = (await s.ListBatchExperiments(pb.ListBatchExperimentsRequest())).data.batch_experiments
-        item = json_format.MessageToDict(listed[0], preserving_proto_field_name=True)
+        item = json_format.MessageToDict(listed[0], preserving_proto_field_name=True,
+                                         always_print_fields_with_no_presence=True)
         assert item["status"] == "cancelled" and item["progress"] == 0 and item["completed_at"]
+
+
+async def test_an_item_that_keeps_failing_is_dead_lettered_and_the_sweep_still_ends(lab, redis_prefix):
+    # This worker's engine is unreachable: every delivery of every item fails.
+    w = await lab["start_worker"](concurrency=4, LLMLAB_INFERENCE_TARGET=f"127.0.0.1:{free_port()}",
+                                  LLMLAB_EXPERIMENTS_SWEEP_MAX_DELIVERIES="2")
+    app = lab["apps"]["experiments"]
+    channel, s = stub(app)
+    async with channel:
+        created = await create(s, per=1, grid={"temperature": {"min": 0.5, "max": 1.0, "step": 0.5},
+                                               "max_tokens": 8})
+        done = await wait_for(lambda: finished(s, created.id), 60, "the sweep to end")
+        assert done.status == "failed" and done.error == "every generation failed"
+        assert (done.dead_lettered, done.failed_responses, done.progress.completed_responses) == (2, 2, 2)
+    rows = await app.db.fetch("SELECT status, error FROM responses WHERE experiment_id = $1", created.id)
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    assert json.loads(rows[0]["error"])["code"] == "GENERATION_FAILED"
+    dead = await app.redis.xrange(f"{redis_prefix}:stream:experiments.sweeps.normal:dead")
+    items = sorted(json.loads(f[b"data"])["combination_id"] for _, f in dead)
+    assert items == [1, 2]
+    # Each item was delivered twice (the first attempt, then a reclaim) before it was given up.
+    assert sorted(claimed_by(w, created.id)) == [1, 1, 2, 2]
