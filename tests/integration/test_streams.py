@@ -108,3 +108,75 @@ async def test_run_loop_stops_on_event(redis_client, redis_prefix):
     stop.set()
     await asyncio.wait_for(task, 2)
     assert len(seen) == 1
+
+
+async def test_priority_consumer_reads_higher_priorities_first(redis_client, redis_prefix):
+    from llmlab.runtime.streams import PriorityConsumer
+
+    seen: list[tuple[str, int]] = []
+
+    async def handler(msg):
+        seen.append((msg.type, msg.data["i"]))
+
+    pub = EventPublisher(redis_client, redis_prefix)
+    c = PriorityConsumer(redis_client, redis_prefix, ["q.high", "q.normal", "q.low"], "g", "w1", handler,
+                         block_ms=100)
+    await c.ensure_groups()
+    for i in range(2):  # published low first: the order of arrival must not matter
+        await pub.publish("q.low", "low", {"i": i})
+        await pub.publish("q.normal", "normal", {"i": i})
+    await pub.publish("q.high", "high", {"i": 0})
+    while (found := await c.next()) is not None:
+        await c.handle(*found)
+    assert seen == [("high", 0), ("normal", 0), ("normal", 1), ("low", 0), ("low", 1)]
+    for s in ("q.high", "q.normal", "q.low"):
+        assert (await redis_client.xpending(f"{redis_prefix}:stream:{s}", "g"))["pending"] == 0
+
+
+async def test_priority_consumer_renews_a_long_handler_s_claim_and_reclaims_a_dead_member_s(redis_client,
+                                                                                             redis_prefix):
+    from llmlab.runtime.streams import PriorityConsumer
+
+    slow_started, release = asyncio.Event(), asyncio.Event()
+    handled: list[str] = []
+
+    async def slow(msg):
+        slow_started.set()
+        await release.wait()
+        handled.append("slow")
+
+    second = asyncio.Event()
+
+    async def fast(msg):
+        handled.append(f"fast:{msg.deliveries}")
+        second.set()
+
+    pub = EventPublisher(redis_client, redis_prefix)
+    kw = {"block_ms": 50, "claim_idle_ms": 300, "concurrency": 2}
+    a = PriorityConsumer(redis_client, redis_prefix, ["jobs"], "g", "a", slow, **kw)
+    b = PriorityConsumer(redis_client, redis_prefix, ["jobs"], "g", "b", fast, **kw)
+    await a.ensure_groups()
+    await pub.publish("jobs", "job", {"i": 1})
+    stop = asyncio.Event()
+    run_a = asyncio.create_task(a.run(stop))
+    await asyncio.wait_for(slow_started.wait(), 5)
+    run_b = asyncio.create_task(b.run(stop))
+    await asyncio.sleep(1.2)  # four claim-idle periods: a renews its claim, so b never takes the message
+    assert handled == []
+    release.set()
+    await asyncio.sleep(0.2)
+    assert handled == ["slow"]
+    # A member that dies holding a message loses it to the other after claim_idle_ms.
+    run_a.cancel()
+    await asyncio.gather(run_a, return_exceptions=True)
+    stop.set()  # b pauses, so that the member about to die takes the next message
+    await asyncio.wait_for(run_b, 5)
+    await pub.publish("jobs", "job", {"i": 2})
+    got = await redis_client.xreadgroup("g", "dead", {f"{redis_prefix}:stream:jobs": ">"}, count=1)
+    assert got  # delivered to "dead", which never acks it
+    stop = asyncio.Event()
+    run_b = asyncio.create_task(b.run(stop))
+    await asyncio.wait_for(second.wait(), 5)
+    stop.set()
+    await asyncio.wait_for(run_b, 5)
+    assert handled[1] == "fast:2"  # its second delivery: reclaimed from the dead member
