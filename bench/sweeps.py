@@ -9,8 +9,9 @@
    For both: responses per minute, and the engine's utilisation sampled every 100 ms from the inference service's
    GetEngineStatus (busy: the share of samples with a generation in progress; occupancy: mean sequences in progress
    over the engine's batch size).
-3. Kill: a second worker process joins, a second sweep of the same size starts, the second worker is SIGKILLed as soon
-   as it holds a combination; time from the kill to the sweep's completion (the survivor reclaims the dead worker's
+3. Kill: a second worker process joins, a second sweep starts (8 x 4 grid x 1 response: more combinations than the
+   first worker holds at once, so the second one gets some), the second worker is SIGKILLed as soon as it holds a
+   combination; time from the kill to the sweep's completion (the survivor reclaims the dead worker's
    item after LLMLAB_EXPERIMENTS_SWEEP_CLAIM_IDLE_MS, set to 5 s here), and a check that every response is stored
    exactly once.
 Usage: python -m bench.sweeps [--max-tokens 64] [--per 3]
@@ -41,6 +42,7 @@ from services.experiments import sweeps
 MODEL = "smollm2-135m-instruct"
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 GRID = {"temperature": {"min": 0.2, "max": 1.1, "step": 0.3}, "top_p": {"min": 0.7, "max": 1.0, "step": 0.1}}
+KILL_GRID = {"temperature": {"min": 0.2, "max": 1.6, "step": 0.2}, "top_p": {"min": 0.7, "max": 1.0, "step": 0.1}}
 CLAIM_IDLE_MS = 5000
 
 
@@ -90,8 +92,8 @@ async def wait_status(http: httpx.AsyncClient, sweep_id: int, limit_s: float = 1
     raise TimeoutError(f"sweep {sweep_id} did not finish")
 
 
-def body(max_tokens: int, per: int, name: str) -> dict:
-    return {"name": name, "model": MODEL, "prompt": PROMPT, "parameter_grid": {**GRID, "max_tokens": max_tokens},
+def body(max_tokens: int, per: int, name: str, grid: dict = GRID) -> dict:
+    return {"name": name, "model": MODEL, "prompt": PROMPT, "parameter_grid": {**grid, "max_tokens": max_tokens},
             "responses_per_combination": per, "seed": 7}
 
 
@@ -127,7 +129,7 @@ async def run_direct(http: httpx.AsyncClient, util_port: int, max_tokens: int, p
     return wall, sum(tokens), u.text()
 
 
-async def kill_run(http: httpx.AsyncClient, cfg, max_tokens: int, per: int) -> tuple[float, dict, int, int]:  # type: ignore[no-untyped-def]
+async def kill_run(http: httpx.AsyncClient, cfg, max_tokens: int) -> tuple[float, dict, int, int]:  # type: ignore[no-untyped-def]
     env = {**os.environ, **service_env(cfg), "LLMLAB_EXPERIMENTS_WORKER_PORT": "0", "LLMLAB_LOG_LEVEL": "info"}
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.experiments.worker", cwd=ROOT,
                                                 env=env, stdout=asyncio.subprocess.PIPE,
@@ -135,7 +137,7 @@ async def kill_run(http: httpx.AsyncClient, cfg, max_tokens: int, per: int) -> t
     assert proc.stdout is not None
     while not (line := (await asyncio.wait_for(proc.stdout.readline(), 90)).decode()).startswith("LLMLAB_READY"):
         assert line, "the extra worker exited"
-    r = await http.post("/api/batch-experiments", json=body(max_tokens, per, "bench kill"))
+    r = await http.post("/api/batch-experiments", json=body(max_tokens, 1, "bench kill", KILL_GRID))
     r.raise_for_status()
     sweep_id = r.json()["data"]["batch_experiment"]["id"]
     while True:
@@ -184,10 +186,10 @@ async def main() -> None:
             print(f"  straight to the engine at once: {direct_wall:6.1f} s  {n / direct_wall * 60:6.1f} responses/min  "
                   f"{direct_tokens} tokens  engine {direct_util}")
             print(f"  sweep / direct wall time: {sweep_wall / direct_wall:.2f}x (target <= 1.25x)")
-            after, done, stored, distinct = await kill_run(http, cfg, args.max_tokens, args.per)
-            print(f"kill -9 of a worker holding a combination -> sweep {done['status']} {after:.1f} s later "
-                  f"(claim idle {CLAIM_IDLE_MS / 1000:.0f} s); responses stored {stored}, distinct (combination, "
-                  f"iteration) {distinct}, expected {n}")
+            after, done, stored, distinct = await kill_run(http, cfg, args.max_tokens)
+            print(f"kill -9 of a worker holding a combination of an 8 x 4 x 1 sweep (two workers) -> sweep "
+                  f"{done['status']} {after:.1f} s later (claim idle {CLAIM_IDLE_MS / 1000:.0f} s); responses stored "
+                  f"{stored}, distinct (combination, iteration) {distinct}, expected 32")
 
 
 if __name__ == "__main__":
