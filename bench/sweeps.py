@@ -14,7 +14,8 @@
    combination; time from the kill to the sweep's completion (the survivor reclaims the dead worker's
    item after LLMLAB_EXPERIMENTS_SWEEP_CLAIM_IDLE_MS, set to 5 s here), and a check that every response is stored
    exactly once.
-Usage: python -m bench.sweeps [--max-tokens 64] [--per 3]
+Usage: python -m bench.sweeps [--max-tokens 64] [--per 3]   (from a worktree: PYTHONPATH=gen:libs:. first, so the
+platform it starts runs this checkout's services)
 """
 
 from __future__ import annotations
