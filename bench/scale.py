@@ -1,4 +1,4 @@
-"""Lab lists at scale, through the gateway, before and after the list indexes of experiments' migration 0003.
+"""Lab lists at scale, through the gateway, before and after the list indexes of experiments' migration 0004.
 
 Loads N experiments (default 1,000,000) and M responses (default 10,000,000) with `generate_series` into a fresh
 platform's schema (triggers and foreign-key checks off for the load; the per-experiment aggregates that the
@@ -7,7 +7,7 @@ VACUUM ANALYZE, and times every lab list endpoint through Envoy with an admin ke
 (default 20) each, one at a time, after one warm-up request per distinct path (at least 3).
 
 "before": the code of this commit on the indexes that migration 0001 had (created_at, status, model, tags) — the
-sort, search and filter indexes of 0003 dropped. "after": with them. The query shapes (deferred join, capped
+sort, search and filter indexes of 0004 dropped. "after": with them. The query shapes (deferred join, capped
 counts, stored aggregates) are the same in both; the issue's own figures for the code before them are quoted in
 docs/scale.md.
 Usage: python -m bench.scale [--experiments 1000000] [--responses 10000000] [--requests 20]
@@ -23,7 +23,7 @@ import asyncpg
 
 from bench._stack import KeepAliveClient, admin_key, percentile, running_platform
 
-# The indexes migration 0003 adds beside what 0001 had; "before" drops these and restores 0001's.
+# The indexes migration 0004 adds beside what 0001 had; "before" drops these and restores 0001's.
 NEW_INDEXES = ("experiments_created_at_idx", "experiments_updated_at_idx", "experiments_name_idx",
                "experiments_quality_desc_idx", "experiments_quality_asc_idx", "experiments_status_created_idx",
                "experiments_model_created_idx", "experiments_name_trgm_idx", "experiments_description_trgm_idx")

@@ -13,14 +13,14 @@ from llmlab.runtime import db
 from .domain import BulkAction, ExperimentPatch, ListQuery, NewExperiment
 
 # An experiment's aggregates over its completed responses are kept on its row by the responses_rollup trigger
-# (migrations/0003_list_at_scale.sql), so every list reads them from an index instead of its responses.
+# (migrations/0004_list_at_scale.sql), so every list reads them from an index instead of its responses.
 _COLUMNS = """
     e.id, e.uuid, e.name, e.description, e.type, e.status, e.model, e.prompt, e.parameters,
     e.parameter_ranges, e.response_count, e.tags, e.favorited, e.archived, e.created_at, e.updated_at,
     e.quality_score, e.cost_sum::double precision AS total_cost,
     CASE WHEN e.generated > 0 THEN e.duration_sum END AS duration_ms, e.generated
 """
-# Each key has an index (0003); only quality can be null, listed last in both directions.
+# Each key has an index (0004); only quality can be null, listed last in both directions.
 _SORT_SQL = {
     "created_at": "e.created_at",
     "updated_at": "e.updated_at",
