@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -374,3 +375,28 @@ def bulk_action(action: str, ids: Any, params: Any) -> BulkAction:
         if not result.add_tags and not result.remove_tags:
             raise validation_error("params.tags", [], "the tag action needs params.tags or params.remove_tags")
     return result
+
+
+@dataclass
+class TimelineRow:
+    """One UTC day of the history timeline."""
+
+    date: str
+    ids: list[int]
+    average_quality: float | None
+    count: int
+
+
+def timeline(rows: Sequence[Any]) -> list[TimelineRow]:
+    """`timeline_data` of a history page: the page's experiments grouped by UTC day of creation, newest day
+    first, each day's ids oldest first, its average quality over the experiments that have one (docs/scale.md:
+    the timeline pages with the list, so a page costs the same at a million experiments as at ten)."""
+    days: dict[str, list[Any]] = {}
+    for r in rows:
+        days.setdefault(r.created_at.astimezone(dt.UTC).strftime("%Y-%m-%d"), []).append(r)
+    out = []
+    for day in sorted(days, reverse=True):
+        group = sorted(days[day], key=lambda r: (r.created_at, r.id))
+        scored = [r.quality_score for r in group if r.quality_score is not None]
+        out.append(TimelineRow(day, [r.id for r in group], sum(scored) / len(scored) if scored else None, len(group)))
+    return out

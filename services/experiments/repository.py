@@ -12,27 +12,27 @@ from llmlab.runtime import db
 
 from .domain import BulkAction, ExperimentPatch, ListQuery, NewExperiment
 
-# Aggregates derived from responses; never stored twice.
-_AGG = """
-    LEFT JOIN LATERAL (
-        SELECT avg(r.overall_quality)       AS quality_score,
-               coalesce(sum(r.cost), 0)      AS total_cost,
-               sum(r.response_time_ms)       AS duration_ms,
-               count(*)                      AS generated
-        FROM responses r WHERE r.experiment_id = e.id AND r.status = 'completed'
-    ) agg ON true
-"""
+# An experiment's aggregates over its completed responses are kept on its row by the responses_rollup trigger
+# (migrations/0004_list_at_scale.sql), so every list reads them from an index instead of its responses.
 _COLUMNS = """
     e.id, e.uuid, e.name, e.description, e.type, e.status, e.model, e.prompt, e.parameters,
     e.parameter_ranges, e.response_count, e.tags, e.favorited, e.archived, e.created_at, e.updated_at,
-    agg.quality_score, agg.total_cost, agg.duration_ms, agg.generated
+    e.quality_score, e.cost_sum::double precision AS total_cost,
+    CASE WHEN e.generated > 0 THEN e.duration_sum END AS duration_ms, e.generated
 """
+# Each key has an index (0004); only quality can be null, listed last in both directions.
 _SORT_SQL = {
     "created_at": "e.created_at",
     "updated_at": "e.updated_at",
     "name": "lower(e.name)",
-    "quality": "agg.quality_score",
+    "quality": "e.quality_score",
 }
+
+
+def order_by(sort_by: str, sort_order: str) -> str:
+    direction = "ASC" if sort_order == "asc" else "DESC"
+    nulls = " NULLS LAST" if sort_by == "quality" else ""
+    return f"{_SORT_SQL[sort_by]} {direction}{nulls}, e.id {direction}"
 
 
 @dataclass
@@ -98,16 +98,6 @@ class ResponseRow:
     cost: float
 
 
-@dataclass
-class TimelineRow:
-    """One UTC day of the history timeline."""
-
-    date: str
-    ids: list[int]
-    average_quality: float | None
-    count: int
-
-
 def _where(q: ListQuery) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     args: list[Any] = []
@@ -164,7 +154,7 @@ class ExperimentRepository:
             return await self._get(conn, new_id)  # type: ignore[return-value]
 
     async def _get(self, conn: asyncpg.Connection, experiment_id: int) -> ExperimentRow | None:
-        row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM experiments e {_AGG} WHERE e.id = $1", experiment_id)
+        row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM experiments e WHERE e.id = $1", experiment_id)
         return ExperimentRow.from_record(row) if row else None
 
     async def get(self, experiment_id: int) -> ExperimentRow | None:
@@ -189,36 +179,31 @@ class ExperimentRepository:
             for r in rows
         ]
 
-    async def list(self, q: ListQuery) -> tuple[list[ExperimentRow], int]:
+    async def list(self, q: ListQuery) -> tuple[list[ExperimentRow], db.Total, bool]:
+        """One page, the total (exact up to db.EXACT_COUNT_CAP, else estimated) and whether a next page exists.
+
+        The page's ids come from an index-only walk of the sort key's index (deferred join), then only its rows
+        are read; one row past the page says exactly whether another follows."""
         where, args = _where(q)
-        direction = "ASC" if q.sort_order == "asc" else "DESC"
-        nulls = "NULLS LAST"
-        order = f"{_SORT_SQL[q.sort_by]} {direction} {nulls}, e.id {direction}"
+        order = order_by(q.sort_by, q.sort_order)
         n = len(args)
         async with self._pool.acquire() as conn:
-            total = await conn.fetchval(f"SELECT count(*) FROM experiments e {where}", *args)
+            total = await db.count_capped(conn, f"FROM experiments e {where}", args)
             rows = await conn.fetch(
-                f"SELECT {_COLUMNS} FROM experiments e {_AGG} {where} ORDER BY {order} "
-                f"LIMIT ${n + 1} OFFSET ${n + 2}",
+                f"""WITH page AS MATERIALIZED (
+                        SELECT e.id FROM experiments e {where} ORDER BY {order} LIMIT ${n + 1} OFFSET ${n + 2})
+                    SELECT {_COLUMNS} FROM page JOIN experiments e ON e.id = page.id ORDER BY {order}""",
                 *args,
-                q.limit,
+                q.limit + 1,
                 q.offset,
             )
-        return [ExperimentRow.from_record(r) for r in rows], total
-
-    async def timeline(self, q: ListQuery, max_days: int = 366) -> list[TimelineRow]:
-        """Per-day groups of every experiment matching the filters, newest day first."""
-        where, args = _where(q)
-        rows = await self._pool.fetch(
-            f"""SELECT to_char(date_trunc('day', e.created_at AT TIME ZONE 'UTC'), 'YYYY-MM-DD') AS day,
-                       array_agg(e.id ORDER BY e.created_at, e.id) AS ids,
-                       avg(agg.quality_score) AS average_quality,
-                       count(*) AS n
-                FROM experiments e {_AGG} {where}
-                GROUP BY 1 ORDER BY 1 DESC LIMIT {int(max_days)}""",
-            *args,
-        )
-        return [TimelineRow(r["day"], list(r["ids"]), r["average_quality"], r["n"]) for r in rows]
+        items = [ExperimentRow.from_record(r) for r in rows[: q.limit]]
+        has_next = len(rows) > q.limit
+        if total.estimated or has_next:
+            # An estimate never contradicts what was read: at least this page and one more row.
+            floor = q.offset + len(items) + (1 if has_next else 0)
+            total = db.Total(max(total.value, floor), total.estimated)
+        return items, total, has_next
 
     async def update(self, experiment_id: int, patch: ExperimentPatch) -> ExperimentRow | None:
         """Apply a partial update atomically (row lock, merge, validate the merged ranges, write)."""

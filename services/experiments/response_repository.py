@@ -202,20 +202,29 @@ class ResponseRepository:
                 "SELECT count(*) FROM responses WHERE experiment_id = $1 AND status = 'failed'", experiment_id)
         return [ResponseRecord.from_record(r) for r in rows], failed
 
-    async def list(self, f: ResponseFilter) -> tuple[list[ResponseRecord], int]:
+    async def list(self, f: ResponseFilter) -> tuple[list[ResponseRecord], db.Total, bool]:
+        """One page, the total (exact up to db.EXACT_COUNT_CAP, else estimated) and whether a next page exists;
+        the page's ids come from the sort key's index, then only its rows are joined (docs/scale.md)."""
         where, args = _where(f)
         q = f.page
         direction = "ASC" if q.sort_order == "asc" else "DESC"
         # Only quality can be null (not scored yet); the other sort keys are NOT NULL columns, and leaving NULLS
-        # LAST off them lets the planner walk responses_created_idx instead of sorting every row (100k rows:
-        # bench/lab.py).
+        # LAST off them lets the planner walk responses_created_idx instead of sorting every row.
         nulls = " NULLS LAST" if q.sort_by == "quality" else ""
         order = f"{_SORT_SQL[q.sort_by]} {direction}{nulls}, r.id {direction}"
         n = len(args)
         # The join is needed only to filter on the experiment's tags or model (a response always has one).
         joined = "JOIN experiments e ON e.id = r.experiment_id" if f.tags or f.models else ""
         async with self._pool.acquire() as conn:
-            total = await conn.fetchval(f"SELECT count(*) FROM responses r {joined} {where}", *args)
-            rows = await conn.fetch(f"{_SELECT} {where} ORDER BY {order} LIMIT ${n + 1} OFFSET ${n + 2}",
-                                    *args, q.limit, q.offset)
-        return [ResponseRecord.from_record(r) for r in rows], total
+            total = await db.count_capped(conn, f"FROM responses r {joined} {where}", args)
+            rows = await conn.fetch(
+                f"""WITH page AS MATERIALIZED (
+                        SELECT r.id FROM responses r {joined} {where} ORDER BY {order}
+                        LIMIT ${n + 1} OFFSET ${n + 2})
+                    {_SELECT} JOIN page ON page.id = r.id ORDER BY {order}""",
+                *args, q.limit + 1, q.offset)
+        items = [ResponseRecord.from_record(r) for r in rows[: q.limit]]
+        has_next = len(rows) > q.limit
+        if total.estimated or has_next:
+            total = db.Total(max(total.value, q.offset + len(items) + int(has_next)), total.estimated)
+        return items, total, has_next

@@ -182,8 +182,9 @@ class ResponseServicer(pb_grpc.ResponseServiceServicer):
         responses.quality_bounds("min_quality", lo, "max_quality", hi)
         if await self._experiments.get(request.experiment_id) is None:
             raise responses.experiment_not_found(request.experiment_id)
-        rows, total = await self._repo.list(ResponseFilter(q, request.experiment_id, lo, hi))
-        return pb.ListResponsesResponse(success=True, meta=meta(pagination(q.page, q.limit, total)),
+        rows, total, has_next = await self._repo.list(ResponseFilter(q, request.experiment_id, lo, hi))
+        page = pagination(q.page, q.limit, total.value, estimated=total.estimated, has_next=has_next)
+        return pb.ListResponsesResponse(success=True, meta=meta(page),
                                         data=pb.ListResponsesData(responses=[response_pb(r) for r in rows]))
 
     async def ListComparisonResponses(
@@ -199,14 +200,14 @@ class ResponseServicer(pb_grpc.ResponseServiceServicer):
         f = ResponseFilter(q, None, lo, hi, search=request.search.strip(), models=responses.split_list(
             list(request.models)), tags=responses.split_list(list(request.tags)), date_from=dates.date_from,
             date_to=dates.date_to, date_to_exclusive=dates.date_to_exclusive)
-        rows, total = await self._repo.list(f)
+        rows, total, has_next = await self._repo.list(f)
         applied = pb.ComparisonFiltersApplied(
             quality_range=[lo if lo is not None else 0.0, hi if hi is not None else 100.0]
             if lo is not None or hi is not None else [], models=f.models, tags=f.tags)
         for name in ("search", "date_from", "date_to"):
             if getattr(request, name).strip():
                 setattr(applied, name, getattr(request, name).strip())
-        page = meta(pagination(q.page, q.limit, total))
+        page = meta(pagination(q.page, q.limit, total.value, estimated=total.estimated, has_next=has_next))
         items = []
         for r in rows:
             item = pb.ComparisonResponseItem(

@@ -123,11 +123,11 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
             sort_by=request.sort_by,
             sort_order=request.sort_order,
         )
-        rows, total = await self._repo.list(q)
+        rows, total, has_next = await self._repo.list(q)
         return pb.ListExperimentsResponse(
             success=True,
             data=pb.ListExperimentsData(experiments=[_summary(r) for r in rows]),
-            meta=meta(pagination(q.page, q.limit, total)),
+            meta=meta(pagination(q.page, q.limit, total.value, estimated=total.estimated, has_next=has_next)),
         )
 
     async def GetExperiment(self, request: pb.GetExperimentRequest, context: Any) -> pb.GetExperimentResponse:
@@ -225,8 +225,8 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
             sort_by=request.sort_by,
             sort_order=request.sort_order,
         )
-        rows, total = await self._repo.list(q)
-        timeline = await self._repo.timeline(q)
+        rows, total, has_next = await self._repo.list(q)
+        timeline = domain.timeline(rows)
         return pb.GetExperimentHistoryResponse(
             success=True,
             data=pb.ExperimentHistoryData(
@@ -260,7 +260,7 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
                 ],
                 view_mode=view_mode,
             ),
-            meta=meta(pagination(q.page, q.limit, total)),
+            meta=meta(pagination(q.page, q.limit, total.value, estimated=total.estimated, has_next=has_next)),
         )
 
     async def BulkExperiments(

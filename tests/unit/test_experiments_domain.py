@@ -203,3 +203,32 @@ def test_patch_trims_and_bounds_like_create():
         with pytest.raises(InvalidArgument) as err:
             domain.ExperimentPatch(**bad).validate()
         assert _details(err.value)["field"] == next(iter(bad))
+
+
+def test_timeline_groups_a_page_by_utc_day_newest_first():
+    from types import SimpleNamespace as Row
+
+    def row(i: int, ts: str, q: float | None) -> Row:
+        return Row(id=i, created_at=dt.datetime.fromisoformat(ts), quality_score=q)
+
+    rows = [row(5, "2024-10-31T01:00:00+02:00", None),   # 2024-10-30 in UTC
+            row(3, "2024-10-30T10:00:00+00:00", 90.0),
+            row(9, "2024-11-02T08:00:00+00:00", None),
+            row(4, "2024-10-30T10:00:00+00:00", 80.0)]
+    days = domain.timeline(rows)
+    assert [(d.date, d.ids, d.average_quality, d.count) for d in days] == [
+        ("2024-11-02", [9], None, 1),
+        ("2024-10-30", [3, 4, 5], 85.0, 3),
+    ]
+    assert domain.timeline([]) == []
+
+
+def test_pagination_flags_an_estimated_total_and_takes_a_known_has_next():
+    from llmlab.runtime.envelope import pagination
+
+    exact = pagination(2, 20, 45)
+    assert (exact.total_pages, exact.has_next, exact.has_previous, exact.HasField("total_estimated")) == (
+        3, True, True, False)
+    est = pagination(1, 20, 1_000_000, estimated=True, has_next=True)
+    assert est.total_estimated and est.has_next
+    assert not pagination(3, 20, 45, has_next=False).has_next

@@ -30,11 +30,18 @@ def meta(pagination: common_pb2.PaginationMeta | None = None) -> common_pb2.Resp
     return m
 
 
-def pagination(page: int, limit: int, total: int) -> common_pb2.PaginationMeta:
+def pagination(page: int, limit: int, total: int, *, estimated: bool = False,
+               has_next: bool | None = None) -> common_pb2.PaginationMeta:
+    """Pagination meta; an `estimated` total is flagged (`total_estimated: true`, docs/scale.md), and `has_next`,
+    when the caller knows it exactly (it fetched one row past the page), overrides the one derived from total."""
     pages = math.ceil(total / limit) if limit else 0
-    return common_pb2.PaginationMeta(
-        page=page, limit=limit, total=total, total_pages=pages, has_next=page < pages, has_previous=page > 1
+    m = common_pb2.PaginationMeta(
+        page=page, limit=limit, total=total, total_pages=pages,
+        has_next=page < pages if has_next is None else has_next, has_previous=page > 1
     )
+    if estimated:
+        m.total_estimated = True
+    return m
 
 
 def value(v: Any) -> struct_pb2.Value:
