@@ -55,6 +55,14 @@ SELECT 1 + g % $3, 'Response ' || g || ': ' || substr(md5(g::text), 1, 20), '', 
        now() - make_interval(secs => g * 3)
 FROM generate_series($1::bigint, $2::bigint) g
 """
+# Every batch-type experiment is a finished 4x4x3 sweep (docs/sweeps.md), so /api/batch-experiments lists 10 %.
+LOAD_SWEEPS = """
+INSERT INTO sweeps (experiment_id, status, priority, grid, combinations, responses_per_combination, created_at,
+                    started_at, completed_at)
+SELECT id, 'completed', 'normal', '{"temperature": {"min": 0.2, "max": 0.8, "step": 0.2}}', '[]', 3,
+       created_at, created_at, created_at + interval '2 minutes'
+FROM experiments WHERE type = 'batch'
+"""
 ROLLUP = """
 UPDATE experiments e
 SET generated = a.generated, cost_sum = a.cost_sum, duration_sum = a.duration_sum,
@@ -75,7 +83,7 @@ async def load(conn: asyncpg.Connection, experiments: int, responses: int) -> No
     await conn.execute("SET maintenance_work_mem = '512MB'")
     defs = await conn.fetch(
         """SELECT indexname, indexdef FROM pg_indexes
-           WHERE schemaname = current_schema() AND tablename IN ('experiments', 'responses')
+           WHERE schemaname = current_schema() AND tablename IN ('experiments', 'responses', 'sweeps')
              AND indexname NOT LIKE '%pkey' AND indexname NOT LIKE '%uuid_key'""")
     for d in defs:
         await conn.execute(f'DROP INDEX "{d["indexname"]}"')
@@ -86,12 +94,14 @@ async def load(conn: asyncpg.Connection, experiments: int, responses: int) -> No
         await conn.execute(LOAD_RESPONSES, lo, min(responses, lo + step - 1), experiments)
         print(f"  loaded {min(responses, lo + step - 1):,} responses ({time.perf_counter() - started:.0f} s)",
               flush=True)
+    await conn.execute(LOAD_SWEEPS)
     await conn.execute(ROLLUP)
     for d in defs:
         await conn.execute(d["indexdef"])
     await conn.execute("RESET session_replication_role")
     await conn.execute("VACUUM ANALYZE experiments")
     await conn.execute("VACUUM ANALYZE responses")
+    await conn.execute("VACUUM ANALYZE sweeps")
     print(f"loaded {experiments:,} experiments and {responses:,} responses in {time.perf_counter() - started:.0f} s",
           flush=True)
 
@@ -113,6 +123,8 @@ def requests(experiments: int) -> list[tuple[str, list[str]]]:
         ("experiments ?type=batch&archived=true", ["/api/experiments?type=batch&archived=true&limit=20"]),
         ("history ?view_mode=timeline&limit=20", ["/api/experiments/history?view_mode=timeline&limit=20"]),
         ("history ?favorited=true&search=Exp", ["/api/experiments/history?favorited=true&search=Exp&limit=20"]),
+        ("batch-experiments ?limit=20", ["/api/batch-experiments?limit=20"]),
+        ("batch-experiments ?status=completed&page=100", ["/api/batch-experiments?status=completed&page=100"]),
         ("responses/{experiment_id}", [f"/api/responses/{i}?limit=20" for i in ids]),
         ("responses/comparison ?limit=20", ["/api/responses/comparison?limit=20"]),
         ("responses/comparison ?quality_min=90&sort_by=quality",

@@ -138,7 +138,7 @@ class BatchExperimentServicer(pb_grpc.BatchExperimentServiceServicer):
         status = request.status
         if status:
             domain.validate_choice("status", status, sweeps.STATUSES)
-        rows, total = await self._repo.list(status, q.limit, q.offset)
+        rows, total, has_next = await self._repo.list(status, q.limit, q.offset)
         items = [pb.BatchExperimentSummary(
             id=r.id, name=r.name, status=r.status, progress=sweeps.percentage(r.done, r.total_responses),
             total_combinations=r.total_combinations, best_quality=value(None if r.best_quality is None
@@ -146,7 +146,8 @@ class BatchExperimentServicer(pb_grpc.BatchExperimentServiceServicer):
             created_at=iso(r.created_at), completed_at=value(iso(r.completed_at) if r.completed_at else None))
             for r in rows]
         return pb.ListBatchExperimentsResponse(success=True, data=pb.ListBatchExperimentsData(batch_experiments=items),
-                                               meta=meta(pagination(q.page, q.limit, total)))
+                                               meta=meta(pagination(q.page, q.limit, total.value,
+                                                                    estimated=total.estimated, has_next=has_next)))
 
     async def GetBatchExperiment(self, request: pb.GetBatchExperimentRequest,
                                  context: Any) -> pb.GetBatchExperimentResponse:

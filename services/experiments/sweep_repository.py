@@ -10,6 +10,8 @@ from typing import Any
 
 import asyncpg
 
+from llmlab.runtime import db
+
 from .sweep_stats import SweepResponse
 from .sweeps import FINISHED, NewSweep
 
@@ -159,13 +161,18 @@ class SweepRepository:
                                                          < (me.created_at, me.experiment_id)))""",
             sweep_id) + 1
 
-    async def list(self, status: str, limit: int, offset: int) -> tuple[list[SweepRow], int]:
+    async def list(self, status: str, limit: int, offset: int) -> tuple[list[SweepRow], db.Total, bool]:
+        """A page newest first, its total (db.count_capped) and whether another page follows (docs/scale.md)."""
         where = "WHERE s.status = $1" if status else "WHERE $1 = ''"
         async with self._pool.acquire() as conn:
-            total = await conn.fetchval(f"SELECT count(*) FROM sweeps s {where}", status)
+            total = await db.count_capped(conn, f"FROM sweeps s {where}", [status])
             rows = await conn.fetch(f"{_SELECT} {where} ORDER BY s.created_at DESC, s.experiment_id DESC "
-                                    "LIMIT $2 OFFSET $3", status, limit, offset)
-        return [SweepRow.from_record(r) for r in rows], total
+                                    "LIMIT $2 OFFSET $3", status, limit + 1, offset)
+        items = [SweepRow.from_record(r) for r in rows[:limit]]
+        has_next = len(rows) > limit
+        if total.estimated or has_next:
+            total = db.Total(max(total.value, offset + len(items) + int(has_next)), total.estimated)
+        return items, total, has_next
 
     async def delete(self, sweep_id: int) -> None:
         await self._pool.execute("DELETE FROM experiments WHERE id = $1 AND type = 'batch'", sweep_id)
