@@ -19,7 +19,9 @@ import onnxruntime as ort
 import psutil
 import structlog
 
-from ..artifacts import CachedArtifact, default_cache_dir, find_cached, find_variant
+from llmlab.runtime import DomainError
+
+from ..artifacts import CachedArtifact, canonical_quantization, default_cache_dir, find_cached, find_variant
 from ..backends import Backend, remote_backend
 from ..backends.onnx import OnnxBackend
 from ..engine import Engine, EngineConfig
@@ -97,7 +99,16 @@ class ModelManager:
             )
             return
         record = await self.registry.ensure_default(artifact.manifest)
-        if self.settings.load_on_start:
+        if not self.settings.load_on_start:
+            return
+        wanted = canonical_quantization(self.settings.quantization) if self.settings.quantization.strip() else None
+        if self.settings.quantization.strip() and wanted is None:
+            log.warning("LLMLAB_INFERENCE_QUANTIZATION is not a precision we build; starting as imported",
+                        quantization=self.settings.quantization)
+        try:
+            await self.load(record.id, quantization=wanted)
+        except DomainError as exc:  # the variant could not be built (or not in time): serve the import
+            log.warning("starting in the imported precision", wanted=wanted, reason=exc.message)
             await self.load(record.id)
 
     async def stop(self) -> None:
