@@ -188,3 +188,47 @@ async def test_a_failed_build_leaves_the_loaded_model_serving(native, cache):
     model = await listed(native)
     assert (model["loaded"], model["quantization"], model["device"]) == (True, "int8", "cpu")
     assert (await generate(native)).usage.completion_tokens > 0
+
+
+@pytest.fixture
+async def impatient_native(fp32_variant, tmp_path, database_url, redis_url) -> AsyncIterator[pb_grpc.NativeServiceStub]:
+    """A second service whose loads wait only half a second for a build, over a cache of its own without int4."""
+    real = default_cache_dir()
+    (tmp_path / EMBEDDED).symlink_to(real / EMBEDDED, target_is_directory=True)
+    (tmp_path / f"{EMBEDDED}@fp32").symlink_to(fp32_variant.path, target_is_directory=True)
+    if (real / ".venv-convert").exists():
+        (tmp_path / ".venv-convert").symlink_to(real / ".venv-convert", target_is_directory=True)
+    run = uuid.uuid4().hex[:12]
+    schema, prefix = f"t_{run}", f"t{run}"
+    settings = load_settings(
+        InferenceSettings, SPEC.name, environ={}, port=0, database_url=database_url, redis_url=redis_url,
+        db_schema=schema, redis_prefix=prefix, shutdown_grace_seconds=1.0, max_batch=2, model_cache=str(tmp_path),
+        variant_wait_s=0.5,
+    )  # fmt: skip
+    app = ServiceApp(SPEC, settings)
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            yield pb_grpc.NativeServiceStub(channel)
+    finally:
+        await app.stop()
+        await drop_schemas(database_url, schema)
+        await delete_keys(redis_url, prefix)
+
+
+async def test_a_build_longer_than_the_wait_is_503_and_goes_on_to_be_served(impatient_native):
+    request = pb.NativeLoadModelRequest(model_name=EMBEDDED, quantization="q4_0")
+    code, reason, _, details = await rpc_error(impatient_native.NativeLoadModel(request, timeout=60))
+    assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "VARIANT_BUILDING")
+    assert details["quantization"] == "int4" and details["progress"] and details["elapsed_s"] >= 0.5
+    assert (await generate(impatient_native)).usage.completion_tokens > 0  # int8 serves meanwhile
+    for _ in range(120):  # the build goes on without the request that started it
+        try:
+            reply = as_json(await impatient_native.NativeLoadModel(request, timeout=60))
+            break
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.UNAVAILABLE, err.details()
+            await asyncio.sleep(0.5)
+    else:
+        pytest.fail("the int4 build did not finish within a minute")
+    assert (reply["model"]["quantization"], reply["model"]["loaded"]) == ("int4", True)

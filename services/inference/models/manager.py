@@ -84,7 +84,7 @@ class ModelManager:
         self._retired: list[Backend] = []
         self._lock = asyncio.Lock()
         self._draining: set[asyncio.Task[None]] = set()
-        self.variants = VariantBuilder(self.cache_dir)
+        self.variants = VariantBuilder(self.cache_dir, wait_s=settings.variant_wait_s)
         registry.on_change(self._forget)
 
     async def start(self) -> None:
@@ -112,6 +112,7 @@ class ModelManager:
             await self.load(record.id)
 
     async def stop(self) -> None:
+        await self.variants.stop()
         for task in list(self._draining):
             task.cancel()
         await asyncio.gather(*self._draining, return_exceptions=True)

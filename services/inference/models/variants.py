@@ -23,7 +23,7 @@ from llmlab.runtime import Internal, Unavailable
 log = structlog.get_logger(__name__)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[3]
-WAIT_S = 90.0  # how long a load request waits for a build before answering 503 VARIANT_BUILDING
+WAIT_S = 90.0  # how long a load request waits for a build before answering 503 (LLMLAB_INFERENCE_VARIANT_WAIT_S)
 
 
 class VariantBuildFailed(Internal):
@@ -75,6 +75,8 @@ class VariantBuilder:
         if build is None or build.task is None or build.task.done():
             build = VariantBuild(model, quantization)
             build.task = asyncio.create_task(self._run(build), name=f"variant-build-{model}@{quantization}")
+            # A failure nobody waits for any more (every request gave up) is logged by _run, not left unretrieved.
+            build.task.add_done_callback(lambda t: t.cancelled() or t.exception())
             self.builds[key] = build
         try:
             await asyncio.wait_for(asyncio.shield(build.task), timeout=self.wait_s)
@@ -89,8 +91,13 @@ class VariantBuilder:
             if build.task.done() and self.builds.get(key) is build:
                 del self.builds[key]
 
-    def building(self, model: str) -> VariantBuild | None:
-        return next((b for (m, _), b in self.builds.items() if m == model and b.task and not b.task.done()), None)
+    async def stop(self) -> None:
+        """Cancel the builds in flight (their child processes are killed; the importer publishes nothing half-built)."""
+        tasks = [b.task for b in self.builds.values() if b.task is not None and not b.task.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.builds.clear()
 
     async def _run(self, build: VariantBuild) -> None:
         cmd = self.command(build.model, build.quantization)
