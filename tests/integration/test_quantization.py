@@ -143,8 +143,8 @@ async def test_prefer_gpu_without_a_gpu_says_it_runs_on_the_cpu_and_requests_in_
     """Switching int4 -> int8 while a generation runs: the new engine takes the next requests, the old one ends the
     generation it holds (all its tokens, not "cancelled") before it stops."""
     long = asyncio.ensure_future(native.NativeGenerate(pb.NativeGenerateRequest(
-        prompt="Count from 1 to 200, separated by commas.", max_tokens=128, temperature=0.0)))
-    await asyncio.sleep(0.5)
+        prompt="Count from 1 to 200, separated by commas.", max_tokens=600, temperature=0.0)))
+    await asyncio.sleep(0.2)
     reply = as_json(await native.NativeLoadModel(
         pb.NativeLoadModelRequest(model_name=EMBEDDED, quantization="q8_0", prefer_gpu=True), timeout=120))
     assert not long.done(), "the generation ended before the swap: the test no longer shows a drained swap"
@@ -152,7 +152,7 @@ async def test_prefer_gpu_without_a_gpu_says_it_runs_on_the_cpu_and_requests_in_
     assert len(reply["warnings"]) == 1 and "CPU" in reply["warnings"][0]
     assert (await generate(native)).usage.completion_tokens > 0  # served by the int8 engine meanwhile
     finished = await long
-    assert (finished.finish_reason, finished.usage.completion_tokens) == ("length", 128)
+    assert (finished.finish_reason, finished.usage.completion_tokens) == ("length", 600)
 
 
 @pytest.mark.parametrize("value", ["q3_k", "int2", "fp16", "Q4_K_M", "4bit"])
