@@ -19,8 +19,17 @@ def listed(body: dict, name: str) -> dict:
     return model
 
 
+@pytest.fixture(scope="module")
+def int4_cached():
+    """The int4 variant in the model cache before the load (built once there; tests/integration/test_quantization.py
+    builds one on demand): a first build on a busy machine could outlast the load's wait and answer 503."""
+    from services.inference.importer import import_model
+
+    return import_model(EMBEDDED, quantization="int4", progress=lambda line: None)
+
+
 @pytest.fixture
-async def back_to_int8(http):
+async def back_to_int8(http, int4_cached):
     yield
     r = await http.post(LOAD, json={"quantization": "int8"}, timeout=180)
     assert r.status_code == 200, r.text
