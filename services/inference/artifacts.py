@@ -222,7 +222,10 @@ def default_cache_dir() -> pathlib.Path:
 
 def find_cached(model_id: str, cache_dir: pathlib.Path | None = None, *, deep: bool = False) -> CachedArtifact | None:
     """The published artifact of `model_id` when its manifest is valid and its files match; else None."""
-    directory = (cache_dir or default_cache_dir()) / model_id
+    return _valid_artifact((cache_dir or default_cache_dir()) / model_id, model_id, deep=deep)
+
+
+def _valid_artifact(directory: pathlib.Path, model_id: str, *, deep: bool = False) -> CachedArtifact | None:
     try:
         manifest = read_manifest(directory)
         if manifest.id != model_id:
@@ -231,4 +234,46 @@ def find_cached(model_id: str, cache_dir: pathlib.Path | None = None, *, deep: b
     except ManifestError:
         return None
     return CachedArtifact(directory, manifest)
+
+
+# ------------------------------------------------------------------------------------------- precision variants
+#
+# One model, several precisions built from the same source weights (docs: services/inference/README.md,
+# "Quantization on load"). The imported artifact lives in `<cache>/<id>/` in the catalogue's precision (int8); any
+# other precision is a variant in `<cache>/<id>@<quantization>/` with a manifest of its own. `@` cannot occur in
+# a model slug, so a variant's directory never collides with another model's.
+
+# Canonical precision names (what manifests, the registry and responses say) and the spellings the API accepts.
+QUANTIZATIONS = ("int4", "int8", "fp32")
+QUANTIZATION_ALIASES = {
+    "int4": "int4", "q4_0": "int4", "q4": "int4",
+    "int8": "int8", "q8_0": "int8", "q8": "int8",
+    "fp32": "fp32", "f32": "fp32", "float32": "fp32",
+}  # fmt: skip
+
+
+def canonical_quantization(name: str) -> str | None:
+    """`q4_0` -> `int4` (case and surrounding spaces ignored); None for a spelling we do not build."""
+    return QUANTIZATION_ALIASES.get(name.strip().lower())
+
+
+def variant_dir(model_id: str, quantization: str, cache_dir: pathlib.Path | None = None) -> pathlib.Path:
+    """Where the `quantization` variant of `model_id` is published (a canonical name; see QUANTIZATIONS)."""
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"unknown quantization {quantization!r}")
+    return (cache_dir or default_cache_dir()) / f"{model_id}@{quantization}"
+
+
+def find_variant(
+    model_id: str, quantization: str, cache_dir: pathlib.Path | None = None, *, deep: bool = False
+) -> CachedArtifact | None:
+    """The cached artifact of `model_id` in `quantization`: the imported one when it has that precision, else the
+    published variant; None when neither exists (or its files do not match its manifest)."""
+    imported = find_cached(model_id, cache_dir, deep=deep)
+    if imported is not None and imported.manifest.quantization == quantization:
+        return imported
+    variant = _valid_artifact(variant_dir(model_id, quantization, cache_dir), model_id, deep=deep)
+    if variant is not None and variant.manifest.quantization == quantization:
+        return variant
+    return None
 

@@ -14,6 +14,8 @@ class InferenceSettings(ServiceSettings):
     default_model: str = "smollm2-135m-instruct"
     model_cache: str = ""  # empty: $LLMLAB_MODEL_CACHE or ~/.cache/llmlab/models (see artifacts.default_cache_dir)
     load_on_start: bool = True  # load the embedded model when its artifact is cached
+    quantization: str = ""  # precision the embedded model starts in (q4_0/int4, q8_0/int8, fp32); empty: as imported
+    variant_wait_s: float = 90.0  # a load waits this long for a variant build, then answers 503 VARIANT_BUILDING
     device: str = "cpu"  # "cuda" uses onnxruntime-gpu's CUDA execution provider when present
     threads: int = 0  # intra-op threads; 0: every core
     max_batch: int = 16  # sequences decoded together

