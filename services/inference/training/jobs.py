@@ -1,0 +1,187 @@
+"""Starting, pausing, resuming and cancelling training jobs: the service's side of the job queue (docs/training.md).
+
+A job is a row (repository.py) plus a message on the `inference.training` stream that a training worker
+(`python -m services.inference.training.worker`) consumes. The training data is checked and staged into the row at
+creation, so any worker can run the job and a bad file is refused before anything is queued."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import structlog
+
+from llmlab.files.v1 import files_service_pb2 as files_pb
+from llmlab.files.v1 import files_service_pb2_grpc as files_grpc
+from llmlab.runtime import FailedPrecondition, InvalidArgument, NotFound, Unavailable, validation_error
+from llmlab.runtime.streams import EventPublisher
+
+from ..importer.catalogue import CATALOGUE
+from ..models.registry import ModelRegistry
+from . import domain
+from .repository import JobRow, NewJob, TrainingRepository
+
+log = structlog.get_logger(__name__)
+
+QUEUE = "inference.training"
+GROUP = "training-workers"
+EVENT = "training.requested"
+FILE_PURPOSE = "fine-tune"
+
+
+@dataclass
+class JobSpec:
+    """What a caller asked for, already resolved to numbers (each family fills it from its own request)."""
+
+    family: str
+    owner_id: str
+    model_id: str
+    job_name: str
+    epochs: int
+    learning_rate: float
+    batch_size: int
+    lora_r: int
+    lora_alpha: int
+    lora_dropout: float
+    seed: int | None = None
+    suffix: str | None = None
+    training_file: str | None = None
+    validation_file: str | None = None
+
+
+def conflict(message: str, status: str) -> FailedPrecondition:
+    """A transition the job's state does not allow: 409 (docs/api.md)."""
+    return FailedPrecondition(message, reason="CONFLICT", http_status=409, details={"status": status})
+
+
+class TrainingJobs:
+    def __init__(self, repo: TrainingRepository, registry: ModelRegistry, queue: EventPublisher | None,
+                 files: grpc.aio.Channel | None) -> None:
+        self.repo = repo
+        self._registry = registry
+        self._queue = queue
+        self._files = files_grpc.FileServiceStub(files) if files is not None else None
+
+    async def _read_file(self, file_id: str, field: str, owner_given: bool) -> str:
+        """A `fine-tune` file's text from the files service (the caller's own files only: the principal travels
+        with the call)."""
+        if self._files is None:
+            raise Unavailable("The files service is not reachable from the inference service")
+        try:
+            meta = await self._files.GetFile(files_pb.GetFileRequest(file_id=file_id), timeout=10)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                raise NotFound(f"No such file: '{file_id}'", reason="FILE_NOT_FOUND",
+                               details={"field": field, "value": file_id}) from None
+            raise Unavailable("The files service could not be reached; try again shortly") from None
+        if meta.purpose != FILE_PURPOSE:
+            raise validation_error(field, file_id, f"must be a file with purpose '{FILE_PURPOSE}', not "
+                                                   f"'{meta.purpose}'", f"File '{file_id}' has purpose "
+                                                   f"'{meta.purpose}'; fine-tuning needs purpose '{FILE_PURPOSE}'")
+        chunks = []
+        try:
+            async for part in self._files.GetFileContent(files_pb.GetFileContentRequest(file_id=file_id),
+                                                         timeout=60):
+                chunks.append(part.data)
+        except grpc.aio.AioRpcError:
+            raise Unavailable("The training file could not be read; try again shortly") from None
+        try:
+            return b"".join(chunks).decode("utf-8")
+        except UnicodeDecodeError:
+            raise validation_error(field, file_id, "must be UTF-8 JSONL") from None
+
+    async def create(self, spec: JobSpec) -> JobRow:
+        record = await self._registry.find(spec.model_id)
+        if record is None:
+            raise NotFound(f"Model '{spec.model_id}' not found", reason="MODEL_NOT_FOUND",
+                           details={"field": "model", "value": spec.model_id})
+        if record.id not in CATALOGUE:
+            raise validation_error("model", spec.model_id, "must be a model with local trainable weights: "
+                                   + ", ".join(sorted(CATALOGUE)))
+        for name in ("epochs", "learning_rate", "batch_size", "lora_r", "lora_alpha", "lora_dropout"):
+            domain.check_range(name, getattr(spec, name))
+        note = None
+        if spec.training_file:
+            train = domain.parse_examples(await self._read_file(spec.training_file, "training_file", True),
+                                          "training_file")
+        else:
+            train, note = domain.builtin_examples(), domain.BUILTIN_NOTE
+        valid = None
+        if spec.validation_file:
+            valid = domain.parse_examples(await self._read_file(spec.validation_file, "validation_file", True),
+                                          "validation_file")
+        public_id = "ftjob-" + secrets.token_hex(12)
+        row = await self.repo.insert(NewJob(
+            public_id=public_id, family=spec.family, owner_id=spec.owner_id, model_id=record.id,
+            job_name=spec.job_name, status="queued" if spec.family == "openai" else "pending",
+            epochs=spec.epochs, learning_rate=spec.learning_rate, batch_size=spec.batch_size, lora_r=spec.lora_r,
+            lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout,
+            seed=spec.seed if spec.seed is not None else secrets.randbelow(2**31 - 1),
+            max_length=domain.MAX_LENGTH, suffix=spec.suffix, training_file=spec.training_file,
+            validation_file=spec.validation_file, training_data=train.jsonl,
+            validation_data=valid.jsonl if valid else None,
+        ))  # fmt: skip
+        await self.repo.add_event(row.id, f"Created fine-tuning job: {public_id}")
+        if note:
+            await self.repo.add_event(row.id, note)
+        await self.repo.add_event(row.id, f"Validated training file: {train.count} examples"
+                                  + (f", validation file: {valid.count} examples" if valid else ""))
+        await self._enqueue(row)
+        return await self.repo.get(row.id)  # type: ignore[return-value]
+
+    async def _enqueue(self, row: JobRow) -> None:
+        if self._queue is None:
+            raise Unavailable("The training queue is not configured")
+        try:
+            await self._queue.publish(QUEUE, EVENT, {"job_id": row.id})
+        except Exception:
+            log.exception("training job could not be queued", job_id=row.id)
+            await self.repo.transition(row.id, domain.CANCELLABLE, "failed", finished=True)
+            raise Unavailable("The training queue is unavailable; try again shortly") from None
+
+    async def get(self, job_id: int) -> JobRow:
+        row = await self.repo.get(job_id)
+        if row is None:
+            raise NotFound(f"Training job {job_id} not found", reason="TRAINING_JOB_NOT_FOUND")
+        return row
+
+    async def pause(self, job_id: int) -> JobRow:
+        """A RUNNING job becomes PAUSED now; its worker sees it within a second, checkpoints and stops."""
+        row = await self.get(job_id)
+        done = await self.repo.transition(job_id, domain.PAUSABLE, "paused")
+        if done is None:
+            raise conflict(f"Training job {job_id} is {domain.LAB_STATUS[row.status]}; only a RUNNING job can be "
+                           "paused", domain.LAB_STATUS[row.status])
+        await self.repo.add_event(job_id, f"Pause requested at step {row.step}")
+        return done
+
+    async def resume(self, job_id: int) -> JobRow:
+        """A PAUSED job is RUNNING again and requeued; a worker continues it from its checkpoint."""
+        row = await self.get(job_id)
+        done = await self.repo.transition(job_id, domain.RESUMABLE, "running")
+        if done is None:
+            raise conflict(f"Training job {job_id} is {domain.LAB_STATUS[row.status]}; only a PAUSED job can be "
+                           "resumed", domain.LAB_STATUS[row.status])
+        await self.repo.add_event(job_id, f"Resumed from step {row.step}")
+        await self._enqueue(done)
+        return done
+
+    async def cancel(self, row: JobRow) -> JobRow | None:
+        """Cancel an unfinished job (its worker stops the trainer within a second); None when already finished."""
+        done = await self.repo.transition(row.id, domain.CANCELLABLE, "cancelled", finished=True)
+        if done is not None:
+            await self.repo.add_event(row.id, "Fine-tuning job cancelled")
+        return done
+
+
+def resolve_hyper(value: Any, name: str, default: Any, kind: type) -> Any:
+    """An OpenAI hyperparameter: absent or "auto" -> the default; else a number of `kind`, in range."""
+    if value is None or value == "auto":
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and value != int(value)):
+        raise InvalidArgument(f"hyperparameters.{name} must be 'auto' or a {'integer' if kind is int else 'number'}",
+                              reason="invalid_value", details={"field": f"hyperparameters.{name}", "value": value},
+                              field_violations=[(f"hyperparameters.{name}", "must be 'auto' or a number")])
+    return domain.check_range(name, kind(value), f"hyperparameters.{name}")
