@@ -35,6 +35,7 @@ CREATE TABLE training_jobs (
     metrics          jsonb NOT NULL DEFAULT '[]',   -- the loss curve: [{step, epoch, train_loss, valid_loss}]
     error            jsonb,                         -- {code, message, param} when failed
     fine_tuned_model text,                          -- the registered model's id once succeeded
+    result_files     text[] NOT NULL DEFAULT '{}',  -- files service ids: the metrics CSV
     attempt          integer NOT NULL DEFAULT 0,    -- bumped by each worker that takes the job
     worker           text,
     created_at       timestamptz NOT NULL DEFAULT now(),
@@ -57,3 +58,7 @@ CREATE TABLE training_job_events (
 );
 
 CREATE INDEX training_job_events_job_idx ON training_job_events (job_id, id);
+
+-- Fine-tuned models are named as OpenAI names them, `ft:<base>:<suffix>:<job id>`: model slugs may hold ':'.
+ALTER TABLE models DROP CONSTRAINT models_id_check;
+ALTER TABLE models ADD CONSTRAINT models_id_check CHECK (id ~ '^[a-z0-9][a-z0-9._/:-]{0,127}$');

@@ -47,6 +47,7 @@ class JobRow:
     metrics: list[dict[str, Any]]
     error: dict[str, Any] | None
     fine_tuned_model: str | None
+    result_files: list[str]
     attempt: int
     worker: str | None
     created_at: dt.datetime
@@ -58,6 +59,7 @@ class JobRow:
     def from_record(cls, r: asyncpg.Record) -> JobRow:
         d = {f.name: r[f.name] for f in fields(cls)}
         d["metrics"] = json.loads(d["metrics"]) if isinstance(d["metrics"], str) else d["metrics"]
+        d["result_files"] = list(d["result_files"] or [])
         if isinstance(d["error"], str):
             d["error"] = json.loads(d["error"])
         return cls(**d)
@@ -189,14 +191,15 @@ class TrainingRepository:
             job_id, attempt)
 
     async def finish(self, job_id: int, attempt: int, status: str, *, error: dict[str, Any] | None = None,
-                     fine_tuned_model: str | None = None) -> bool:
+                     fine_tuned_model: str | None = None, result_files: list[str] | None = None) -> bool:
         """End the job (succeeded / failed) as the holder of `attempt`, unless it was cancelled meanwhile."""
         row = await self._pool.fetchrow(
             "UPDATE training_jobs SET status = $3, error = $4, fine_tuned_model = $5, completed_at = now(),"
-            " worker = NULL, updated_at = now(),"
+            " worker = NULL, updated_at = now(), result_files = $6,"
             " progress = CASE WHEN $3 = 'succeeded' THEN 100 ELSE progress END"
             " WHERE id = $1 AND attempt = $2 AND status IN ('running', 'paused') RETURNING id",
-            job_id, attempt, status, json.dumps(error) if error is not None else None, fine_tuned_model)
+            job_id, attempt, status, json.dumps(error) if error is not None else None, fine_tuned_model,
+            result_files or [])
         return row is not None
 
     async def add_event(self, job_id: int, message: str, *, level: str = "info", type: str = "message",
