@@ -13,8 +13,7 @@ from typing import Any
 import grpc
 import structlog
 
-from llmlab.files.v1 import files_service_pb2 as files_pb
-from llmlab.files.v1 import files_service_pb2_grpc as files_grpc
+from llmlab.chat_jsonl import read_file
 from llmlab.runtime import FailedPrecondition, InvalidArgument, NotFound, Unavailable, validation_error
 from llmlab.runtime.streams import EventPublisher
 
@@ -28,7 +27,6 @@ log = structlog.get_logger(__name__)
 QUEUE = "inference.training"
 GROUP = "training-workers"
 EVENT = "training.requested"
-FILE_PURPOSE = "fine-tune"
 
 
 @dataclass
@@ -62,35 +60,12 @@ class TrainingJobs:
         self.repo = repo
         self._registry = registry
         self._queue = queue
-        self._files = files_grpc.FileServiceStub(files) if files is not None else None
+        self._files = files
 
-    async def _read_file(self, file_id: str, field: str, owner_given: bool) -> str:
-        """A `fine-tune` file's text from the files service (the caller's own files only: the principal travels
-        with the call)."""
+    async def _read_file(self, file_id: str, field: str) -> str:
         if self._files is None:
             raise Unavailable("The files service is not reachable from the inference service")
-        try:
-            meta = await self._files.GetFile(files_pb.GetFileRequest(file_id=file_id), timeout=10)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
-                raise NotFound(f"No such file: '{file_id}'", reason="FILE_NOT_FOUND",
-                               details={"field": field, "value": file_id}) from None
-            raise Unavailable("The files service could not be reached; try again shortly") from None
-        if meta.purpose != FILE_PURPOSE:
-            raise validation_error(field, file_id, f"must be a file with purpose '{FILE_PURPOSE}', not "
-                                                   f"'{meta.purpose}'", f"File '{file_id}' has purpose "
-                                                   f"'{meta.purpose}'; fine-tuning needs purpose '{FILE_PURPOSE}'")
-        chunks = []
-        try:
-            async for part in self._files.GetFileContent(files_pb.GetFileContentRequest(file_id=file_id),
-                                                         timeout=60):
-                chunks.append(part.data)
-        except grpc.aio.AioRpcError:
-            raise Unavailable("The training file could not be read; try again shortly") from None
-        try:
-            return b"".join(chunks).decode("utf-8")
-        except UnicodeDecodeError:
-            raise validation_error(field, file_id, "must be UTF-8 JSONL") from None
+        return await read_file(self._files, file_id, field)
 
     async def create(self, spec: JobSpec) -> JobRow:
         record = await self._registry.find(spec.model_id)
@@ -104,13 +79,13 @@ class TrainingJobs:
             domain.check_range(name, getattr(spec, name))
         note = None
         if spec.training_file:
-            train = domain.parse_examples(await self._read_file(spec.training_file, "training_file", True),
+            train = domain.parse_examples(await self._read_file(spec.training_file, "training_file"),
                                           "training_file")
         else:
             train, note = domain.builtin_examples(), domain.BUILTIN_NOTE
         valid = None
         if spec.validation_file:
-            valid = domain.parse_examples(await self._read_file(spec.validation_file, "validation_file", True),
+            valid = domain.parse_examples(await self._read_file(spec.validation_file, "validation_file"),
                                           "validation_file")
         public_id = "ftjob-" + secrets.token_hex(12)
         row = await self.repo.insert(NewJob(
