@@ -151,12 +151,14 @@ class TrainingJobs:
         return done
 
 
-def resolve_hyper(value: Any, name: str, default: Any, kind: type) -> Any:
-    """An OpenAI hyperparameter: absent or "auto" -> the default; else a number of `kind`, in range."""
+def resolve_hyper(value: Any, name: str, default: Any, kind: type, field: str | None = None) -> Any:
+    """An OpenAI hyperparameter (`field`, e.g. hyperparameters.n_epochs): absent or "auto" -> the default; else a
+    number of `kind`, in the range of `name`."""
+    field = field or f"hyperparameters.{name}"
     if value is None or value == "auto":
         return default
     if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and value != int(value)):
-        raise InvalidArgument(f"hyperparameters.{name} must be 'auto' or a {'integer' if kind is int else 'number'}",
-                              reason="invalid_value", details={"field": f"hyperparameters.{name}", "value": value},
-                              field_violations=[(f"hyperparameters.{name}", "must be 'auto' or a number")])
-    return domain.check_range(name, kind(value), f"hyperparameters.{name}")
+        raise InvalidArgument(f"{field} must be 'auto' or a {'integer' if kind is int else 'number'}",
+                              reason="invalid_value", details={"field": field, "value": value},
+                              field_violations=[(field, "must be 'auto' or a number")])
+    return domain.check_range(name, kind(value), field)

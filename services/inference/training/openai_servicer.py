@@ -76,7 +76,8 @@ class FineTuningServicer:
             kind = v.WhichOneof("kind")
             return None if kind in (None, "null_value") else getattr(v, kind)
 
-        epochs = resolve_hyper(given("n_epochs"), "epochs", domain.DEFAULTS["epochs"], int)
+        epochs = resolve_hyper(given("n_epochs"), "epochs", domain.DEFAULTS["epochs"], int,
+                               "hyperparameters.n_epochs")
         batch = resolve_hyper(given("batch_size"), "batch_size", domain.DEFAULTS["batch_size"], int)
         mult = resolve_hyper(given("learning_rate_multiplier"), "learning_rate_multiplier", 1.0, float)
         suffix = domain.check_suffix(request.suffix)

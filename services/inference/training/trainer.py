@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PAUSED_EXIT = 3
+STARTED = time.monotonic()
 IGNORE = -100
 CHECKPOINT = "checkpoint"
 ADAPTER = "adapter"
@@ -178,7 +179,9 @@ class Trainer:
     def trainable_state(self) -> dict[str, Any]:
         return {n: p.detach().cpu().clone() for n, p in self.model.named_parameters() if p.requires_grad}
 
-    def save_checkpoint(self) -> None:
+    def save_checkpoint(self) -> float:
+        """Write the checkpoint; returns the seconds it took."""
+        t0 = time.monotonic()
         torch = self.torch
         tmp = self.out / f".{CHECKPOINT}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -198,6 +201,7 @@ class Trainer:
             os.replace(final, old)
         os.replace(tmp, final)  # a crash leaves either the old or the new checkpoint whole
         shutil.rmtree(old, ignore_errors=True)
+        return time.monotonic() - t0
 
     def load_checkpoint(self) -> bool:
         torch = self.torch
@@ -238,16 +242,19 @@ class Trainer:
 
     def run(self) -> int:
         cfg, torch = self.cfg, self.torch
+        t_restore = time.monotonic()
         resumed = self.load_checkpoint()
-        emit("start", resumed=resumed, step=self.step, total_steps=self.total_steps, examples=len(self.train),
+        emit("start", resumed=resumed, load_seconds=round(t_restore - STARTED, 3),
+             restore_seconds=round(time.monotonic() - t_restore, 3), step=self.step, total_steps=self.total_steps,
+             examples=len(self.train),
              validation_examples=len(self.valid), steps_per_epoch=self.steps_per_epoch, device=str(self.device),
              trainable_parameters=sum(p.numel() for p in self.model.parameters() if p.requires_grad))
         self.model.train()
         t0, tokens0, steps_this_run = time.monotonic(), self.trained_tokens, 0
         while self.step < self.total_steps:
             if self.stop_requested or (cfg.stop_after_steps and steps_this_run >= cfg.stop_after_steps):
-                self.save_checkpoint()
-                emit("paused", step=self.step, total_steps=self.total_steps)
+                seconds = self.save_checkpoint()
+                emit("paused", step=self.step, total_steps=self.total_steps, seconds=round(seconds, 3))
                 return PAUSED_EXIT
             epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
             order = epoch_order(torch, len(self.train), cfg.seed, epoch)
@@ -278,8 +285,8 @@ class Trainer:
                 emit("epoch", epoch=epoch + 1, epochs=cfg.epochs, loss=sum(losses) / len(losses),
                      valid_loss=point["valid_loss"])
             if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < self.total_steps:
-                self.save_checkpoint()
-                emit("checkpoint", step=self.step)
+                seconds = self.save_checkpoint()
+                emit("checkpoint", step=self.step, seconds=round(seconds, 3))
         self.finish()
         return 0
 
@@ -289,7 +296,7 @@ class Trainer:
         self.model.save_pretrained(str(adapter))
         torch.save(self.trainable_state(), adapter / "trainable.pt")
         (self.out / "metrics.json").write_text(json.dumps(self.curve))
-        merged = None
+        merged, t_merge = None, time.monotonic()
         if self.cfg.merge:
             model = self.model.merge_and_unload()
             target = self.out / MERGED
@@ -300,7 +307,8 @@ class Trainer:
                 shutil.copy2(template, target / "chat_template.jinja")
             merged = str(target)
         emit("done", step=self.step, total_steps=self.total_steps, trained_tokens=self.trained_tokens,
-             adapter=str(adapter), merged=merged, final_loss=self.curve[-1]["train_loss"] if self.curve else None)
+             adapter=str(adapter), merged=merged, merge_seconds=round(time.monotonic() - t_merge, 3),
+             final_loss=self.curve[-1]["train_loss"] if self.curve else None)
 
 
 def main(argv: list[str]) -> int:
