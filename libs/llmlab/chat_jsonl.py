@@ -39,7 +39,7 @@ def parse_examples(text: str, field: str) -> Examples:
         if why is not None:
             problems.append(f"line {number}: {why}")
             continue
-        messages = [{"role": m["role"], "content": m["content"]} for m in json.loads(line)["messages"]]
+        messages = [{"role": m["role"], "content": m["content"]} for m in as_messages(json.loads(line))]
         chars += sum(len(m["content"]) for m in messages if m["role"] == "assistant")
         lines.append(json.dumps({"messages": messages}, ensure_ascii=False))
     if problems:
@@ -58,11 +58,21 @@ def parse_examples(text: str, field: str) -> Examples:
     return Examples("\n".join(lines) + "\n", len(lines), chars)
 
 
+def as_messages(obj: dict) -> list:
+    """The chat of a line: its `messages`, or OpenAI's legacy `prompt`/`completion` pair as a user and an assistant
+    turn."""
+    if "messages" not in obj and isinstance(obj.get("prompt"), str) and isinstance(obj.get("completion"), str):
+        return [{"role": "user", "content": obj["prompt"]}, {"role": "assistant", "content": obj["completion"]}]
+    return obj.get("messages")  # type: ignore[return-value]
+
+
 def _example_problem(line: str) -> str | None:
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
         return f"not valid JSON ({exc.msg})"
+    if isinstance(obj, dict):
+        obj = {"messages": as_messages(obj)}
     if not isinstance(obj, dict) or not isinstance(obj.get("messages"), list) or not obj["messages"]:
         return "expected an object with a non-empty \"messages\" array"
     for i, m in enumerate(obj["messages"]):

@@ -121,12 +121,13 @@ async def test_cancel_a_queued_job_and_bad_requests(client: openai.AsyncOpenAI) 
     with pytest.raises(openai.BadRequestError) as info:
         await client.fine_tuning.jobs.create(training_file=train.id, model=BASE, hyperparameters={"n_epochs": 0})
     assert info.value.param == "hyperparameters.n_epochs"
-    batch_file = await client.files.create(file=("b.jsonl", io.BytesIO(b"{}\n")), purpose="batch")
+    batch_file = await client.files.create(file=("b.jsonl", io.BytesIO(b"{}\n")), purpose="assistants")
     with pytest.raises(openai.BadRequestError) as info:
         await client.fine_tuning.jobs.create(training_file=batch_file.id, model=BASE)
     assert "purpose" in info.value.message
-    bad = await client.files.create(file=("bad.jsonl", io.BytesIO(b"nope\n" + jsonl(TRAIN_QUESTIONS[:1]))),
+    no_answer = b'{"messages": [{"role": "user", "content": "a question only"}]}\n'
+    bad = await client.files.create(file=("bad.jsonl", io.BytesIO(jsonl(TRAIN_QUESTIONS[:1]) + no_answer)),
                                     purpose="fine-tune")
     with pytest.raises(openai.BadRequestError) as info:
         await client.fine_tuning.jobs.create(training_file=bad.id, model=BASE)
-    assert "line 1: not valid JSON" in info.value.message
+    assert "line 2: no assistant message" in info.value.message

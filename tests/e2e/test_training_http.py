@@ -114,14 +114,15 @@ async def test_unknown_job_is_404_and_a_bad_file_is_reported_by_line(http: httpx
     assert r.status_code == 404 and r.json()["success"] is False
     assert (await http.post("/api/training/987654/pause", json={})).status_code == 404
     bad = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n' \
-          b'not json\n{"messages": [{"role": "user", "content": "no answer"}]}\n'
+          b'{"messages": [{"role": "user", "content": "no answer"}]}\n' \
+          b'{"messages": [{"role": "robot", "content": "beep"}, {"role": "assistant", "content": "x"}]}\n'
     up = await http.post("/v1/files", files={"file": ("bad.jsonl", bad)}, data={"purpose": "fine-tune"})
     assert up.status_code == 200, up.text
     r = await http.post("/api/training", json={**TINY, "job_name": "bad", "training_file": up.json()["id"]})
     assert r.status_code == 400, r.text
     errors = r.json()["error"]["details"]["errors"]
-    assert errors[0].startswith("line 2: not valid JSON") and errors[1].startswith("line 3: no assistant message")
-    other = await http.post("/v1/files", files={"file": ("b.jsonl", bad)}, data={"purpose": "batch"})
+    assert errors[0].startswith("line 2: no assistant message") and errors[1].startswith("line 3: messages[0].role")
+    other = await http.post("/v1/files", files={"file": ("b.jsonl", bad)}, data={"purpose": "assistants"})
     assert other.status_code == 200, other.text
     r = await http.post("/api/training", json={**TINY, "job_name": "bad", "training_file": other.json()["id"]})
     assert r.status_code == 400 and "purpose" in r.text

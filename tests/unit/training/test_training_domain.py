@@ -44,6 +44,12 @@ def test_every_bad_line_is_reported_with_its_number() -> None:
     assert info.value.details["invalid_lines"] == 5 and info.value.field_violations[0][0] == "training_file"
 
 
+def test_legacy_prompt_completion_lines_become_a_chat() -> None:
+    ex = domain.parse_examples(json.dumps({"prompt": "2+2?", "completion": "4"}), "training_file")
+    assert json.loads(ex.jsonl) == {"messages": [{"role": "user", "content": "2+2?"},
+                                                 {"role": "assistant", "content": "4"}]}
+
+
 def test_an_empty_file_is_refused() -> None:
     with pytest.raises(InvalidArgument):
         domain.parse_examples("\n\n", "training_file")
