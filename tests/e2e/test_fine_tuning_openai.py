@@ -10,13 +10,27 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import shutil
 import time
+from collections.abc import Iterator
 
 import httpx
 import openai
 import pytest
 
+from services.inference.artifacts import default_cache_dir
+
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def published() -> Iterator[list[str]]:
+    """Fine-tuned models a test made: their artifacts leave the model cache afterwards."""
+    ids: list[str] = []
+    yield ids
+    for model_id in ids:
+        shutil.rmtree(default_cache_dir() / model_id, ignore_errors=True)
+
 
 BASE = "smollm2-135m-instruct"
 FACT = "The llmlab mascot is a purple owl named Quillon."
@@ -41,8 +55,8 @@ def client(platform) -> openai.AsyncOpenAI:
                               timeout=120)
 
 
-async def test_fine_tune_with_the_sdk_and_the_model_learns_the_fact(client: openai.AsyncOpenAI,
-                                                                    http: httpx.AsyncClient) -> None:
+async def test_fine_tune_with_the_sdk_and_the_model_learns_the_fact(client: openai.AsyncOpenAI, http: httpx.AsyncClient,
+                                                                    published: list[str]) -> None:
     train = await client.files.create(file=("mascot.jsonl", io.BytesIO(jsonl(TRAIN_QUESTIONS))),
                                       purpose="fine-tune")
     valid = await client.files.create(file=("mascot-valid.jsonl", io.BytesIO(jsonl(HELD_OUT))), purpose="fine-tune")
@@ -59,6 +73,7 @@ async def test_fine_tune_with_the_sdk_and_the_model_learns_the_fact(client: open
         await asyncio.sleep(1)
         job = await client.fine_tuning.jobs.retrieve(job.id)
     assert job.status == "succeeded", job.error
+    published.append(job.fine_tuned_model)
     assert job.fine_tuned_model == f"ft:{BASE}:mascot:{job.id.removeprefix('ftjob-')}"
     assert job.trained_tokens and job.trained_tokens > 0 and job.finished_at >= job.created_at
     listed = await client.fine_tuning.jobs.list(limit=5)

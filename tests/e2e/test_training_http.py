@@ -7,12 +7,26 @@ the training venv and the base fp32 checkpoint (about 75 s, cached afterwards)."
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
+from services.inference.artifacts import default_cache_dir
+
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def published() -> Iterator[list[str]]:
+    """Fine-tuned models a test made: their artifacts leave the model cache afterwards."""
+    ids: list[str] = []
+    yield ids
+    for model_id in ids:
+        shutil.rmtree(default_cache_dir() / model_id, ignore_errors=True)
+
 
 BASE = "smollm2-135m-instruct"
 TINY = {"model_id": BASE, "epochs": 2, "batch_size": 4, "lora_r": 2, "lora_alpha": 4, "learning_rate": 0.001}
@@ -37,7 +51,8 @@ async def wait_for(http: httpx.AsyncClient, job_id: int, until, within: float = 
         await asyncio.sleep(0.5)
 
 
-async def test_a_job_pauses_resumes_completes_and_its_model_is_served(http: httpx.AsyncClient) -> None:
+async def test_a_job_pauses_resumes_completes_and_its_model_is_served(http: httpx.AsyncClient,
+                                                                     published: list[str]) -> None:
     r = await http.post("/api/training", json={**TINY, "job_name": "e2e LoRA"})
     assert r.status_code == 200, r.text
     created = r.json()["data"]
@@ -80,6 +95,7 @@ async def test_a_job_pauses_resumes_completes_and_its_model_is_served(http: http
     tuned = [m for m in models if m["id"].startswith(f"{BASE}-ft-") and m["base_model"] == BASE]
     assert tuned, models
     model_id = tuned[-1]["id"]
+    published.append(model_id)
     r = await http.post(f"/api/models/{model_id}/generate", json={"prompt": "What is LoRA?", "max_length": 16})
     assert r.status_code == 200, r.text
     assert r.json()["data"]["model_id"] == model_id and r.json()["data"]["text"]
