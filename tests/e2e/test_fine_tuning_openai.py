@@ -20,7 +20,7 @@ import pytest
 
 from services.inference.artifacts import default_cache_dir
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.training]
 
 
 @pytest.fixture
@@ -55,6 +55,7 @@ def client(platform) -> openai.AsyncOpenAI:
                               timeout=120)
 
 
+@pytest.mark.timeout(900)  # a fresh machine also creates the training venv and base checkpoint
 async def test_fine_tune_with_the_sdk_and_the_model_learns_the_fact(client: openai.AsyncOpenAI, http: httpx.AsyncClient,
                                                                     published: list[str]) -> None:
     train = await client.files.create(file=("mascot.jsonl", io.BytesIO(jsonl(TRAIN_QUESTIONS))),

@@ -16,7 +16,7 @@ import pytest
 
 from services.inference.artifacts import default_cache_dir
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.training]
 
 
 @pytest.fixture
@@ -51,6 +51,7 @@ async def wait_for(http: httpx.AsyncClient, job_id: int, until, within: float = 
         await asyncio.sleep(0.5)
 
 
+@pytest.mark.timeout(900)  # a fresh machine also creates the training venv and base checkpoint
 async def test_a_job_pauses_resumes_completes_and_its_model_is_served(http: httpx.AsyncClient,
                                                                      published: list[str]) -> None:
     r = await http.post("/api/training", json={**TINY, "job_name": "e2e LoRA"})

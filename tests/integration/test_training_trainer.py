@@ -18,7 +18,7 @@ from services.inference.training import trainer as trainer_mod
 from services.inference.training.publish import base_checkpoint
 from services.inference.training.venv import ensure_train_venv
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.training]
 
 TRAINER = pathlib.Path(trainer_mod.__file__)
 BUILTIN = TRAINER.with_name("data") / "builtin.jsonl"
@@ -53,6 +53,7 @@ def adapter(python: pathlib.Path, out: pathlib.Path) -> dict[str, list[float]]:
     return json.loads(done.stdout)
 
 
+@pytest.mark.timeout(900)  # a fresh machine also creates the training venv and base checkpoint
 def test_paused_and_resumed_run_equals_the_never_paused_run(toolchain, tmp_path) -> None:
     python, base = toolchain
     rc, straight = run(python, config(base, tmp_path / "straight"))

@@ -32,7 +32,7 @@ from services.inference.settings import InferenceSettings
 from services.inference.training.repository import TrainingRepository
 from tests.conftest import delete_keys, drop_schemas
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.training]
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CLAIM_IDLE_MS = 3000
@@ -121,6 +121,7 @@ def trainer_pids(job_dir: str) -> list[int]:
     return pids
 
 
+@pytest.mark.timeout(900)  # a fresh machine also creates the training venv and base checkpoint
 async def test_a_worker_killed_mid_job_is_replaced_and_the_job_resumes_from_its_checkpoint(stack) -> None:
     first = await stack["start_worker"]()
     created = await stack["stub"].CreateTrainingJob(pb.CreateTrainingJobRequest(
