@@ -38,7 +38,7 @@ from ..app import SPEC
 from ..artifacts import default_cache_dir
 from ..models.registry import ModelRegistry
 from ..settings import InferenceSettings
-from . import domain, trainer
+from . import trainer
 from .jobs import GROUP, QUEUE
 from .loop import publish_job
 from .publish import base_checkpoint
@@ -268,5 +268,3 @@ def main() -> None:
 if __name__ == "__main__":
     main()
 
-
-__all__ = ["WORKER_SPEC", "TrainingWorker", "domain"]
