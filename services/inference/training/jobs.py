@@ -27,6 +27,9 @@ log = structlog.get_logger(__name__)
 QUEUE = "inference.training"
 GROUP = "training-workers"
 EVENT = "training.requested"
+# Domain events for analytics and webhooks (docs/training.md): fine_tuning.job.created / completed / failed /
+# cancelled, each with the job's ids.
+EVENTS_STREAM = "training"
 
 
 @dataclass
@@ -104,7 +107,18 @@ class TrainingJobs:
         await self.repo.add_event(row.id, f"Validated training file: {train.count} examples"
                                   + (f", validation file: {valid.count} examples" if valid else ""))
         await self._enqueue(row)
+        await self._event("fine_tuning.job.created", row)
         return await self.repo.get(row.id)  # type: ignore[return-value]
+
+    async def _event(self, kind: str, row: JobRow) -> None:
+        if self._queue is None:
+            return
+        try:
+            await self._queue.publish(EVENTS_STREAM, kind, {"job_id": row.public_id, "training_job": row.id,
+                                                            "model": row.model_id, "family": row.family,
+                                                            "owner_id": row.owner_id})
+        except Exception:
+            log.warning("training event not published", kind=kind, job_id=row.id)
 
     async def _enqueue(self, row: JobRow) -> None:
         if self._queue is None:
@@ -148,6 +162,7 @@ class TrainingJobs:
         done = await self.repo.transition(row.id, domain.CANCELLABLE, "cancelled", finished=True)
         if done is not None:
             await self.repo.add_event(row.id, "Fine-tuning job cancelled")
+            await self._event("fine_tuning.job.cancelled", done)
         return done
 
 

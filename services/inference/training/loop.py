@@ -26,6 +26,7 @@ from llmlab.runtime import AlreadyExists
 
 from ..models.registry import NewModel
 from . import domain
+from .jobs import EVENTS_STREAM
 from .publish import publish_merged
 from .repository import JobRow
 
@@ -91,7 +92,7 @@ async def publish_job(worker: TrainingWorker, row: JobRow, done: dict[str, Any])
         return
     await worker.repo.add_event(row.id, f"New fine-tuned model created: {model_id}")
     await worker.repo.add_event(row.id, "The job has successfully completed")
-    await worker.app.events.publish("inference.training.events", "fine_tuning.job.completed",  # type: ignore
+    await worker.app.events.publish(EVENTS_STREAM, "fine_tuning.job.completed",  # type: ignore
                                     {"job_id": row.public_id, "training_job": row.id,
                                      "fine_tuned_model": model_id, "base_model": row.model_id})
     shutil.rmtree(out / "checkpoint", ignore_errors=True)

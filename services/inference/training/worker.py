@@ -39,7 +39,7 @@ from ..artifacts import default_cache_dir
 from ..models.registry import ModelRegistry
 from ..settings import InferenceSettings
 from . import trainer
-from .jobs import GROUP, QUEUE
+from .jobs import EVENTS_STREAM, GROUP, QUEUE
 from .loop import publish_job
 from .publish import base_checkpoint
 from .repository import JobRow, TrainingRepository
@@ -152,7 +152,7 @@ class TrainingWorker:
         error = {"code": code, "message": message, "param": None}
         if await self.repo.finish(row.id, row.attempt, "failed", error=error):
             await self.repo.add_event(row.id, f"Fine-tuning job failed: {message}", level="error")
-            await self.app.events.publish("inference.training.events", "fine_tuning.job.failed",  # type: ignore
+            await self.app.events.publish(EVENTS_STREAM, "fine_tuning.job.failed",  # type: ignore
                                           {"job_id": row.public_id, "error": error})
             shutil.rmtree(self.workdir(row), ignore_errors=True)
 
