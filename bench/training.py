@@ -28,7 +28,7 @@ import httpx
 
 from services.inference.training import trainer
 from services.inference.training.publish import base_checkpoint, publish_merged
-from services.inference.training.venv import ensure_train_venv
+from services.inference.training.train_venv import ensure_train_venv
 
 BASE = "smollm2-135m-instruct"
 

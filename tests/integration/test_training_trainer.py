@@ -14,7 +14,7 @@ import pytest
 
 from services.inference.training import trainer as trainer_mod
 from services.inference.training.publish import base_checkpoint
-from services.inference.training.venv import ensure_train_venv
+from services.inference.training.train_venv import ensure_train_venv
 
 pytestmark = [pytest.mark.integration, pytest.mark.training]
 

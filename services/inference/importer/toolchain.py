@@ -98,7 +98,7 @@ def ensure_venv(
 ) -> pathlib.Path:
     """Step (b): create/reuse the conversion venv and install the pinned toolchain where anything is off.
 
-    The training worker's venv (services/inference/training/venv.py) is made here too, with its own pins."""
+    The training worker's venv (services/inference/training/train_venv.py) is made here too, with its own pins."""
     python = venv_python(venv)
     fresh = not python.exists()
     if fresh:

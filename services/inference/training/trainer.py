@@ -1,6 +1,6 @@
 """The torch side of a training job: LoRA on a causal LM, loss on the assistant tokens only, resumable.
 
-Run by path inside the training venv (venv.py), never imported by the service or the worker:
+Run by path inside the training venv (train_venv.py), never imported by the service or the worker:
 
     <venv>/bin/python trainer.py CONFIG.json
 

@@ -43,7 +43,7 @@ from .jobs import EVENTS_STREAM, GROUP, QUEUE
 from .loop import publish_job
 from .publish import base_checkpoint
 from .repository import JobRow, TrainingRepository
-from .venv import ensure_train_venv
+from .train_venv import ensure_train_venv
 
 log = structlog.get_logger(__name__)
 
