@@ -140,6 +140,9 @@ class EvaluationServicer(pb_grpc.EvaluationServiceServicer):
     async def EvaluateModel(self, request: pb.EvaluateModelRequest, context: Any) -> pb.EvaluateModelResponse:
         if not request.model_id:
             raise validation_error("model_id", "", "is required")
+        for field in ("model_id", "eval_name", "dataset"):
+            if "\x00" in getattr(request, field):
+                raise validation_error(field, getattr(request, field), "must not contain NUL characters")
         name = request.eval_name.strip() or DEFAULT_NAME
         if len(name) > 255:
             raise validation_error("eval_name", excerpt(name, 80), "must be at most 255 characters")
@@ -161,6 +164,8 @@ class EvaluationServicer(pb_grpc.EvaluationServiceServicer):
             message="Evaluation completed successfully"), meta=meta())
 
     async def ListEvaluations(self, request: pb.ListEvaluationsRequest, context: Any) -> pb.ListEvaluationsResponse:
+        if "\x00" in request.model_id:
+            raise validation_error("model_id", request.model_id, "must not contain NUL characters")
         page = request.page if request.HasField("page") else 1
         limit = request.limit if request.HasField("limit") else 20
         if page < 1:

@@ -18,7 +18,7 @@ from llmlab.runtime import FailedPrecondition, InvalidArgument, NotFound, Unavai
 from llmlab.runtime.streams import EventPublisher
 
 from ..importer.catalogue import CATALOGUE
-from ..models.registry import ModelRegistry
+from ..models.registry import ModelRegistry, refuse_nul
 from . import domain
 from .repository import JobRow, NewJob, TrainingRepository
 
@@ -71,6 +71,8 @@ class TrainingJobs:
         return await read_file(self._files, file_id, field)
 
     async def create(self, spec: JobSpec) -> JobRow:
+        for field in ("model_id", "training_file", "validation_file", "suffix"):
+            refuse_nul("model" if field == "model_id" and spec.family == "openai" else field, getattr(spec, field))
         record = await self._registry.find(spec.model_id)
         if record is None:
             raise NotFound(f"Model '{spec.model_id}' not found", reason="MODEL_NOT_FOUND",

@@ -56,7 +56,7 @@ class FineTuningServicer:
         self._jobs = jobs
 
     async def _mine(self, public_id: str) -> JobRow:
-        row = await self._jobs.repo.get_public(public_id) if public_id else None
+        row = await self._jobs.repo.get_public(public_id) if public_id and "\x00" not in public_id else None
         if row is None or row.family != "openai" or row.owner_id != _owner():
             raise NotFound(f"No such fine-tuning job: '{excerpt(public_id, 80)}'", reason="fine_tuning_job_not_found",
                            metadata={"param": "job_id"})
@@ -122,10 +122,10 @@ class FineTuningServicer:
         limit = _limit(request)
         after = None
         if request.after:
-            try:
-                after = int(request.after.removeprefix("ftevent-"))
-            except ValueError:
-                raise validation_error("after", excerpt(request.after, 80), "must be an event id") from None
+            digits = request.after.removeprefix("ftevent-")
+            if not digits.isascii() or not digits.isdigit() or len(digits) > 18:
+                raise validation_error("after", excerpt(request.after, 80), "must be an event id (ftevent-<n>)")
+            after = int(digits)
         events = await self._jobs.repo.events(row.id, after=after, limit=limit + 1)
         return pb.ListFineTuningEventsResponse(object="list", has_more=len(events) > limit, data=[
             pb.FineTuningJobEvent(object="fine_tuning.job.event", id=f"ftevent-{e.id}", created_at=_unix(e.created_at),
