@@ -1,5 +1,5 @@
 """LoRA training on this machine (docs/training.md "Figures"): `python -m bench.training [--examples 200]
-[--epochs 3] [--skip-platform]`.
+[--epochs 3] [--skip-platform | --only-platform]`.
 
 1. The trainer (services/inference/training/trainer.py in the training venv) over EXAMPLES short chat examples for
    EPOCHS epochs, batch 8, rank 8: steps/s, tokens/s, peak memory (the trainer's max RSS), merge time.
@@ -149,8 +149,10 @@ def main() -> None:
     ap.add_argument("--examples", type=int, default=200)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--skip-platform", action="store_true")
+    ap.add_argument("--only-platform", action="store_true")
     args = ap.parse_args()
-    training_figures(args)
+    if not args.only_platform:
+        training_figures(args)
     if not args.skip_platform:
         asyncio.run(platform_figures())
 
