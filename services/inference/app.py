@@ -36,7 +36,7 @@ async def setup(app: ServiceApp) -> None:
             "NativeService": NativeServicer(models, usage),
             "InferenceService": InferenceServicer(models, usage),
             "ModelService": ModelServicer(models, usage),
-            **training_servicers(app, models.registry),
+            **training_servicers(app, models),
         },
     )
 

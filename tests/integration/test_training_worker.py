@@ -68,8 +68,8 @@ async def stack(database_url, redis_url, tmp_path) -> AsyncIterator[dict]:
     schema, prefix = f"t_{run}", f"t{run}"
     common = dict(environ={}, port=0, database_url=database_url, redis_url=redis_url, redis_prefix=prefix,
                   shutdown_grace_seconds=1.0)
-    inference = ServiceApp(SPEC, load_settings(InferenceSettings, SPEC.name, db_schema=schema, max_batch=4,
-                                               **common))
+    settings = load_settings(InferenceSettings, SPEC.name, db_schema=schema, max_batch=4, **common)
+    inference = ServiceApp(SPEC, settings)
     files = ServiceApp(FILES_SPEC, load_settings(FilesSettings, "files", db_schema=f"{schema}_files",
                                                  data_dir=str(tmp_path), **common))
     await inference.start()
@@ -94,7 +94,7 @@ async def stack(database_url, redis_url, tmp_path) -> AsyncIterator[dict]:
 
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{inference.port}")
     try:
-        yield {"stub": pb_grpc.TrainingServiceStub(channel), "start_worker": start_worker,
+        yield {"stub": pb_grpc.TrainingServiceStub(channel), "start_worker": start_worker, "settings": settings,
                "generate": inf_grpc.InferenceServiceStub(channel).Generate,
                "repo": TrainingRepository(inference.db)}
     finally:
@@ -162,6 +162,22 @@ async def test_a_worker_killed_mid_job_is_replaced_and_the_job_resumes_from_its_
             model=row.fine_tuned_model, messages=[inf.ChatMessage(role="user", content="What is LoRA?")],
             sampling=inf.SamplingParams(temperature=0.0, max_tokens=8)))
         assert reply.model == row.fine_tuned_model and reply.choices[0].text
+        # A replica started later serves the fine-tuned model too.
+        replica = ServiceApp(SPEC, stack["settings"])
+        await replica.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{replica.port}") as ch:
+                for _ in range(100):
+                    try:
+                        reply = await inf_grpc.InferenceServiceStub(ch).Generate(inf.GenerateRequest(
+                            model=row.fine_tuned_model, messages=[inf.ChatMessage(role="user", content="Hi")],
+                            sampling=inf.SamplingParams(temperature=0.0, max_tokens=4)))
+                        break
+                    except grpc.aio.AioRpcError:
+                        await asyncio.sleep(0.2)
+                assert reply.model == row.fine_tuned_model and reply.choices[0].text
+        finally:
+            await replica.stop()
         assert row.result_files
     finally:
         if row.fine_tuned_model:
