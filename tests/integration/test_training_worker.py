@@ -167,6 +167,7 @@ async def test_a_worker_killed_mid_job_is_replaced_and_the_job_resumes_from_its_
         await replica.start()
         try:
             async with grpc.aio.insecure_channel(f"127.0.0.1:{replica.port}") as ch:
+                reply = None
                 for _ in range(100):
                     try:
                         reply = await inf_grpc.InferenceServiceStub(ch).Generate(inf.GenerateRequest(
@@ -175,7 +176,7 @@ async def test_a_worker_killed_mid_job_is_replaced_and_the_job_resumes_from_its_
                         break
                     except grpc.aio.AioRpcError:
                         await asyncio.sleep(0.2)
-                assert reply.model == row.fine_tuned_model and reply.choices[0].text
+                assert reply is not None and reply.model == row.fine_tuned_model and reply.choices[0].text
         finally:
             await replica.stop()
         assert row.result_files
