@@ -26,6 +26,7 @@ import time
 
 import httpx
 
+from services.inference.artifacts import default_cache_dir
 from services.inference.training import trainer
 from services.inference.training.publish import base_checkpoint, publish_merged
 from services.inference.training.train_venv import ensure_train_venv
@@ -140,6 +141,7 @@ async def platform_figures() -> None:
                     if line.startswith("data: ") and '"content"' in line:
                         break
             first = time.monotonic() - t0
+            shutil.rmtree(default_cache_dir() / job["fine_tuned_model"], ignore_errors=True)
     print(f"Job creation -> succeeded: {done_s:.1f} s; -> first token of the new model on /v1: {first:.1f} s "
           "(12 examples x 4 epochs; includes the merge, the export and the load)")
 
