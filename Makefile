@@ -77,6 +77,11 @@ test-integration: setup gen
 test-e2e: setup gen model
 	$(VENV)/bin/pytest tests/e2e $(PYTEST_ARGS)
 
+# The LoRA training tests alone (docs/training.md); `make test` runs them too.
+.PHONY: test-training
+test-training: setup gen model
+	$(VENV)/bin/pytest -m training $(PYTEST_ARGS)
+
 up: setup gen model
 	$(PY) scripts/up.py
 

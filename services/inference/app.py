@@ -14,6 +14,7 @@ from .models.servicer import ModelServicer
 from .native.servicer import NativeServicer
 from .openai.servicer import OpenAIServicer
 from .settings import InferenceSettings
+from .training.service import training_servicers
 from .usage import UsageRecorder
 
 
@@ -35,6 +36,7 @@ async def setup(app: ServiceApp) -> None:
             "NativeService": NativeServicer(models, usage),
             "InferenceService": InferenceServicer(models, usage),
             "ModelService": ModelServicer(models, usage),
+            **training_servicers(app, models),
         },
     )
 

@@ -19,7 +19,7 @@ MANIFEST_NAME = "llmlab-model.json"
 MANIFEST_VERSION = 1
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+_MODEL_ID = re.compile(r"^[a-z0-9][a-z0-9._:-]{0,127}$")  # ":": fine-tuned models (docs/training.md)
 
 
 class ManifestError(ValueError):

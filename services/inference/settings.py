@@ -21,3 +21,9 @@ class InferenceSettings(ServiceSettings):
     max_batch: int = 16  # sequences decoded together
     max_queue: int = 256  # requests waiting for a slot before "overloaded"
     prefix_cache_mb: float = 512.0  # host memory for the engine's prefix cache (engine/prefix_cache.py); 0: off
+    # training worker (services/inference/training/worker.py, docs/training.md)
+    training_claim_idle_ms: int = 30_000  # a job whose worker is silent this long is taken over by another
+    training_max_deliveries: int = 5
+    training_checkpoint_every: int = 25  # steps between periodic checkpoints (what a killed worker can lose)
+    training_threads: int = 0  # torch threads of the trainer; 0: torch's default (every core)
+    training_log_every: int = 10  # a log line every N steps (and one per epoch)

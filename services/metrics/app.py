@@ -6,6 +6,7 @@ import pathlib
 
 from llmlab.runtime import ServiceApp, ServiceSpec
 
+from .evaluation import EvaluationRepository, EvaluationServicer, Evaluator
 from .judge import Judge
 from .repository import ScoreRepository
 from .servicer import MetricsServicer, ScoringServicer
@@ -23,6 +24,8 @@ async def setup(app: ServiceApp) -> None:
     app.serve_package("llmlab.metrics.v1", {
         "ScoringService": ScoringServicer(repo, app.events, judge),
         "MetricsService": MetricsServicer(repo),
+        "EvaluationService": EvaluationServicer(EvaluationRepository(app.db), Evaluator(app.channel("inference")),
+                                                app.channel("files")),
     })
 
 

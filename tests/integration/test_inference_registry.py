@@ -57,7 +57,8 @@ def manifest(**kw) -> Manifest:
 async def registry(database_url, schema) -> AsyncIterator[ModelRegistry]:
     conn = await asyncpg.connect(database_url)
     try:
-        assert await migrate(conn, schema, load_migrations(MIGRATIONS)) == [1]
+        migrations = load_migrations(MIGRATIONS)
+        assert await migrate(conn, schema, migrations) == [m.version for m in migrations]
     finally:
         await conn.close()
     pool = await create_pool(database_url, schema, min_size=1, max_size=4, app_name="test-inference-registry")

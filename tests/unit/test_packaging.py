@@ -27,6 +27,7 @@ IMPORT_ROOTS = {"libs": ROOT / "libs"}
 ELSEWHERE = {
     "torch": ("services/inference/", "the model importer runs it in the conversion venv it builds"),
     "transformers": ("services/inference/", "the model importer runs it in the conversion venv it builds"),
+    "peft": ("services/inference/training/", "the training worker runs it in the training venv it builds"),
     "llama_cpp": ("bench/peers.py", "runs in .venv-bench, which `make bench-peers` builds"),
     "onnxruntime_genai": ("bench/peers.py", "runs in .venv-bench, which `make bench-peers` builds"),
 }

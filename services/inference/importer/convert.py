@@ -444,23 +444,8 @@ def _build(
         progress(f"  HF checkpoint written ({time.monotonic() - t:.0f} s, {hf_info['parameter_count']:,} parameters)")
 
         progress(f"[4/4] ONNX graph, {precision} weights for {entry.execution_provider} (about 15 s)")
-        t = time.monotonic()
-        run_logged(
-            [
-                str(python), "-m", "onnxruntime_genai.models.builder",
-                "-i", str(hf_dir), "-o", str(out_dir),
-                "-p", precision, "-e", entry.execution_provider, "-c", str(work / "builder-cache"),
-            ],
-            logs / "builder.log",
-            progress,
-            "onnxruntime-genai builder",
-        )  # fmt: skip
-        progress(f"  ONNX graph built ({time.monotonic() - t:.0f} s)")
-        for name in ("chat_template.jinja", "tokenizer.json", "tokenizer_config.json"):
-            if not (out_dir / name).exists() and (hf_dir / name).exists():
-                shutil.copy2(hf_dir / name, out_dir / name)
+        build_onnx(python, hf_dir, out_dir, entry, work, logs, progress, precision=precision)
         shutil.rmtree(hf_dir)
-        shutil.rmtree(work / "builder-cache", ignore_errors=True)
 
         converter = {"torch": hf_info["torch"], "transformers": hf_info["transformers"]}
         converter.update({d: v for d, v in CONVERT_REQUIREMENTS.items() if d not in converter})
@@ -476,6 +461,36 @@ def _build(
         return CachedArtifact(path, manifest)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def build_onnx(
+    python: pathlib.Path,
+    hf_dir: pathlib.Path,
+    out_dir: pathlib.Path,
+    entry: CatalogueEntry,
+    work: pathlib.Path,
+    logs: pathlib.Path,
+    progress: Progress,
+    precision: str | None = None,
+) -> None:
+    """Step (d): an HF fp32 checkpoint -> the ONNX graph with `precision` weights, default the entry's (the import,
+    a precision variant, and a fine-tuned model's merged checkpoint: services/inference/training/publish.py)."""
+    t = time.monotonic()
+    run_logged(
+        [
+            str(python), "-m", "onnxruntime_genai.models.builder",
+            "-i", str(hf_dir), "-o", str(out_dir),
+            "-p", precision or entry.quantization, "-e", entry.execution_provider, "-c", str(work / "builder-cache"),
+        ],
+        logs / "builder.log",
+        progress,
+        "onnxruntime-genai builder",
+    )  # fmt: skip
+    progress(f"  ONNX graph built ({time.monotonic() - t:.0f} s)")
+    for name in ("chat_template.jinja", "tokenizer.json", "tokenizer_config.json"):
+        if not (out_dir / name).exists() and (hf_dir / name).exists():
+            shutil.copy2(hf_dir / name, out_dir / name)
+    shutil.rmtree(work / "builder-cache", ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------------------ CLI

@@ -39,7 +39,11 @@ def venv_python(venv: pathlib.Path) -> pathlib.Path:
     return venv / "bin" / "python"
 
 
-def _probe_venv(python: pathlib.Path) -> dict[str, str | None]:
+def _probe_venv(
+    python: pathlib.Path,
+    requirements: dict[str, str] = CONVERT_REQUIREMENTS,
+    imports: tuple[str, ...] = CONVERT_IMPORTS,
+) -> dict[str, str | None]:
     """Installed versions of the pinned distributions in a venv (None when missing or not importable)."""
     probe = (
         "import importlib, importlib.metadata as m, json, sys\n"
@@ -54,19 +58,19 @@ def _probe_venv(python: pathlib.Path) -> dict[str, str | None]:
         "print(json.dumps(out))\n"
     )
     done = subprocess.run(
-        [str(python), "-c", probe, json.dumps(list(CONVERT_REQUIREMENTS)), json.dumps(list(CONVERT_IMPORTS))],
+        [str(python), "-c", probe, json.dumps(list(requirements)), json.dumps(list(imports))],
         capture_output=True,
         text=True,
         check=False,
     )
     if done.returncode != 0:
-        return dict.fromkeys(CONVERT_REQUIREMENTS)
+        return dict.fromkeys(requirements)
     return json.loads(done.stdout)
 
 
-def venv_problems(found: dict[str, str | None]) -> list[str]:
+def venv_problems(found: dict[str, str | None], requirements: dict[str, str] = CONVERT_REQUIREMENTS) -> list[str]:
     problems = []
-    for dist, want in CONVERT_REQUIREMENTS.items():
+    for dist, want in requirements.items():
         have = found.get(dist)
         # A local-version suffix is the same release: 2.13.0+cpu is torch 2.13.0.
         if have is None or have.split("+")[0] != want:
@@ -85,8 +89,16 @@ def resolve_venv(cache_dir: pathlib.Path, explicit: pathlib.Path | None) -> path
     return cache_dir / ".venv-convert"
 
 
-def ensure_venv(venv: pathlib.Path, logs: pathlib.Path, progress: Progress) -> pathlib.Path:
-    """Step (b): create/reuse the conversion venv and install the pinned toolchain where anything is off."""
+def ensure_venv(
+    venv: pathlib.Path,
+    logs: pathlib.Path,
+    progress: Progress,
+    requirements: dict[str, str] = CONVERT_REQUIREMENTS,
+    imports: tuple[str, ...] = CONVERT_IMPORTS,
+) -> pathlib.Path:
+    """Step (b): create/reuse the conversion venv and install the pinned toolchain where anything is off.
+
+    The training worker's venv (services/inference/training/train_venv.py) is made here too, with its own pins."""
     python = venv_python(venv)
     fresh = not python.exists()
     if fresh:
@@ -94,18 +106,18 @@ def ensure_venv(venv: pathlib.Path, logs: pathlib.Path, progress: Progress) -> p
         done = subprocess.run([sys.executable, "-m", "venv", str(venv)], capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise ImportFailed(f"python -m venv {venv} failed: {done.stderr[-2000:]}")
-    problems = venv_problems(_probe_venv(python))
+    problems = venv_problems(_probe_venv(python, requirements, imports), requirements)
     if not problems:
-        progress(f"venv: reusing {venv} (torch {CONVERT_REQUIREMENTS['torch']} and the converter toolchain)")
+        progress(f"venv: reusing {venv} (torch {requirements['torch']} and its toolchain)")
         return python
-    pins = ", ".join(f"{d}=={v}" for d, v in CONVERT_REQUIREMENTS.items())
+    pins = ", ".join(f"{d}=={v}" for d, v in requirements.items())
     why = "" if fresh else f" ({'; '.join(problems)})"
     progress(f"venv: installing {pins} into {venv}{why}; a minute or more")
-    reqs = [f"{d}=={v}" for d, v in CONVERT_REQUIREMENTS.items()]
+    reqs = [f"{d}=={v}" for d, v in requirements.items()]
     run_logged([str(python), "-m", "pip", "install", *reqs], logs / "pip.log", progress, "pip install")
-    problems = venv_problems(_probe_venv(python))
+    problems = venv_problems(_probe_venv(python, requirements, imports), requirements)
     if problems:
-        raise ImportFailed(f"the conversion venv {venv} is still unusable after pip install: {'; '.join(problems)}")
+        raise ImportFailed(f"the venv {venv} is still unusable after pip install: {'; '.join(problems)}")
     return python
 
 

@@ -22,7 +22,7 @@ STATUSES = ("available", "loading", "unavailable", "deprecated")
 CATEGORIES = ("text-generation", "chat", "embedding")
 SIZE_CLASSES = ("small", "medium", "large", "xl")
 
-_SLUG = re.compile(r"^[a-z0-9][a-z0-9._/-]{0,127}$")
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9._/:-]{0,127}$")  # ":" for fine-tuned ids, "ft:<base>:<suffix>:<job>"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Keys that would hold a secret; backend_config names the env var instead (api_key_env).
 SECRET_KEYS = {"api_key", "apikey", "key", "token", "secret", "password", "authorization"}
@@ -462,6 +462,10 @@ class ModelRegistry:
         if row is None:  # present and unchanged
             return await self.get(manifest.id)
         return await self._changed(row)
+
+    async def delete(self, key: str) -> bool:
+        """Remove a model row (a fine-tuned model whose publishing failed half-way: docs/training.md)."""
+        return await self._pool.fetchval("DELETE FROM models WHERE id = $1 RETURNING true", key) is not None
 
     async def _locked(self, conn: asyncpg.Connection, key: str) -> ModelRecord:
         refuse_nul("id", key)
