@@ -6,6 +6,9 @@ import pathlib
 
 from llmlab.runtime import ServiceApp, ServiceSpec
 
+from .batches.calls import Calls
+from .batches.repository import BatchRepository
+from .batches.servicer import BatchServicer
 from .engine.metrics import EngineCollector
 from .internal.servicer import InferenceServicer
 from .models.manager import ModelManager
@@ -35,6 +38,8 @@ async def setup(app: ServiceApp) -> None:
             "NativeService": NativeServicer(models, usage),
             "InferenceService": InferenceServicer(models, usage),
             "ModelService": ModelServicer(models, usage),
+            "BatchService": BatchServicer(BatchRepository(app.db),
+                                          Calls(app.channel("files"), app.channel("inference")), app.events),
         },
     )
 

@@ -19,3 +19,14 @@ class InferenceSettings(ServiceSettings):
     max_batch: int = 16  # sequences decoded together
     max_queue: int = 256  # requests waiting for a slot before "overloaded"
     prefix_cache_mb: float = 512.0  # host memory for the engine's prefix cache (engine/prefix_cache.py); 0: off
+    # OpenAI batches (docs/batches.md): lines per work unit, units a worker runs at once, the queue's reclaim
+    # time (a dead worker's unit is taken over after it), deliveries before a unit is dead-lettered, retries of a
+    # line the engine refused as overloaded, and how often each worker looks for batches to finalize.
+    batch_chunk_lines: int = 8
+    batch_consumers: int = 4
+    batch_claim_idle_ms: int = 30_000
+    batch_max_deliveries: int = 5
+    batch_line_retries: int = 4
+    batch_finalize_interval_s: float = 1.0
+    # Engine slots kept free for interactive requests while batch work runs (engine.py "Priority"); 0: none.
+    batch_reserved_slots: int = 4
