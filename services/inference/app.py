@@ -14,6 +14,7 @@ from .internal.servicer import InferenceServicer
 from .models.manager import ModelManager
 from .models.registry import ModelRegistry
 from .models.servicer import ModelServicer
+from .moderation.service import Moderations
 from .native.servicer import NativeServicer
 from .openai.servicer import OpenAIServicer
 from .settings import InferenceSettings
@@ -34,7 +35,7 @@ async def setup(app: ServiceApp) -> None:
     app.serve_package(
         "llmlab.inference.v1",
         {
-            "OpenAIService": OpenAIServicer(models, usage),
+            "OpenAIService": OpenAIServicer(models, usage, Moderations(models)),
             "NativeService": NativeServicer(models, usage),
             "InferenceService": InferenceServicer(models, usage),
             "ModelService": ModelServicer(models, usage),
