@@ -34,8 +34,8 @@ async def upload(sdk: openai.AsyncOpenAI, rows: list[dict], purpose: str = "batc
     return f.id
 
 
-async def wait_done(sdk: openai.AsyncOpenAI, batch_id: str, timeout: float = 240) -> openai.types.Batch:
-    deadline = time.monotonic() + timeout
+async def wait_done(sdk: openai.AsyncOpenAI, batch_id: str, within_s: float = 240) -> openai.types.Batch:
+    deadline = time.monotonic() + within_s
     seen = []
     while time.monotonic() < deadline:
         b = await sdk.batches.retrieve(batch_id)

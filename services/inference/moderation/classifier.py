@@ -101,6 +101,40 @@ def train(data: list[tuple[str, frozenset[str]]]) -> Classifier:
     return Classifier(features, models)
 
 
+@dataclass(frozen=True)
+class Report:
+    """Precision and recall per category on a labelled set, and how many texts were flagged at all."""
+
+    rows: list[tuple[str, float, float, int]]  # category, precision, recall, support
+    harmful_flagged: int
+    harmful: int
+    benign_flagged: int
+    benign: int
+
+    def table(self) -> str:
+        lines = [f"{'category':24s} precision recall support"]
+        lines += [f"{c:24s} {p:9.2f} {r:6.2f} {n:7d}" for c, p, r, n in self.rows]
+        lines.append(f"flagged: {self.harmful_flagged}/{self.harmful} harmful texts, "
+                     f"{self.benign_flagged}/{self.benign} benign ones")
+        return "\n".join(lines)
+
+
+def evaluate(model: Classifier, data: list[tuple[str, frozenset[str]]]) -> Report:
+    scores = model.scores([t for t, _ in data])
+    labels = [labels for _, labels in data]
+    rows = []
+    for c in CATEGORIES:
+        hit = [s[c] >= THRESHOLD for s in scores]
+        tp = sum(h and c in ls for h, ls in zip(hit, labels, strict=True))
+        fp = sum(h and c not in ls for h, ls in zip(hit, labels, strict=True))
+        fn = sum(not h and c in ls for h, ls in zip(hit, labels, strict=True))
+        rows.append((c, tp / max(1, tp + fp), tp / max(1, tp + fn), tp + fn))
+    flagged = [any(v >= THRESHOLD for v in s.values()) for s in scores]
+    benign = [not ls for ls in labels]
+    return Report(rows, sum(f and not b for f, b in zip(flagged, benign, strict=True)), benign.count(False),
+                  sum(f and b for f, b in zip(flagged, benign, strict=True)), benign.count(True))
+
+
 def _cache_path() -> pathlib.Path:
     import sklearn
 

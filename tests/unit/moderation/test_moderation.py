@@ -27,31 +27,13 @@ def test_evaluation_set_is_separate_and_covers_every_category() -> None:
 
 
 def test_precision_and_recall_per_category(model, capsys) -> None:
-    evaluation = classifier.evaluation_set()
-    scores = model.scores([t for t, _ in evaluation])
-    rows = []
-    for category in classifier.CATEGORIES:
-        tp = sum(category in labels and s[category] >= classifier.THRESHOLD for (_, labels), s in zip(evaluation,
-                                                                                                     scores))
-        fp = sum(category not in labels and s[category] >= classifier.THRESHOLD
-                 for (_, labels), s in zip(evaluation, scores))
-        fn = sum(category in labels and s[category] < classifier.THRESHOLD
-                 for (_, labels), s in zip(evaluation, scores))
-        precision, recall = tp / max(1, tp + fp), tp / max(1, tp + fn)
-        rows.append((category, precision, recall, tp + fn))
-    flagged = [any(v >= classifier.THRESHOLD for v in s.values()) for s in scores]
-    benign = [not labels for _, labels in evaluation]
-    false_alarms = sum(f and b for f, b in zip(flagged, benign))
-    caught = sum(f and not b for f, b in zip(flagged, benign))
+    report = classifier.evaluate(model, classifier.evaluation_set())
     with capsys.disabled():
-        print("\ncategory                 precision recall support")
-        for category, p, r, n in rows:
-            print(f"{category:24s} {p:9.2f} {r:6.2f} {n:7d}")
-        print(f"flagged: {caught}/{benign.count(False)} harmful, {false_alarms}/{benign.count(True)} benign")
-    for category, p, r, _ in rows:
-        assert p >= 0.8 and r >= 0.4, (category, p, r)
-    assert false_alarms / benign.count(True) <= 0.15
-    assert caught / benign.count(False) >= 0.7
+        print("\n" + report.table())
+    for category, precision, recall, _ in report.rows:
+        assert precision >= 0.8 and recall >= 0.4, (category, precision, recall)
+    assert report.benign_flagged / report.benign <= 0.15
+    assert report.harmful_flagged / report.harmful >= 0.7
 
 
 def test_scores_are_probabilities_and_nest(model) -> None:
