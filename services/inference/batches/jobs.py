@@ -202,7 +202,7 @@ class BatchWorker:
         stored: list[str] = []
         try:
             with acting_as(row.principal, f"req_finalize_{batch_id}"):
-                output_id = await self._store(row, "output", out, stored) if out or not err else None
+                output_id = await self._store(row, "output", out, stored) if out else None
                 error_id = await self._store(row, "error", err, stored) if err else None
             done = await self._repo.finish(batch_id, row.attempt, target, output_id, error_id)
         except grpc.aio.AioRpcError:
