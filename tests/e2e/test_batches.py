@@ -58,7 +58,10 @@ async def test_batch_runs_to_completion_with_the_sdk(sdk, http):
     assert batch.metadata == {"purpose": "e2e"} and batch.output_file_id is None
     assert batch.expires_at - batch.created_at == 24 * 3600
 
-    # request_counts move while it runs
+    # live traffic keeps working while the batch runs
+    live_reply = await sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}],
+                                                   max_tokens=4)
+    assert live_reply.choices[0].message.content is not None
     done = await wait_done(sdk, batch.id)
     assert done.status == "completed", done
     assert done.request_counts.total == 14
