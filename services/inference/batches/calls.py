@@ -25,6 +25,7 @@ from llmlab.inference.v1 import openai_service_pb2 as openai_pb
 from llmlab.inference.v1 import openai_service_pb2_grpc as openai_grpc
 from llmlab.runtime.context import principal_var, request_id_var
 from llmlab.runtime.errors import HTTP_STATUS
+from llmlab.runtime.interceptors import propagated_metadata
 
 # Read by the inference servicer: requests so marked enter the engine in the batch class (engine.py "Priority").
 PRIORITY_HEADER = "x-llmlab-priority"
@@ -120,12 +121,14 @@ class Calls:
                                               "false or absent).", "type": "invalid_request_error",
                                               "param": "stream", "code": "unsupported_parameter"}})
         http = httpbody_pb2.HttpBody(content_type="application/json", data=json.dumps(body).encode())
+        # Server-streaming calls get the owner and the line's request id passed explicitly (propagated_metadata).
+        metadata = (*propagated_metadata().items(), BATCH_PRIORITY)
         if endpoint == "/v1/chat/completions":
             call = self._openai.CreateChatCompletion(openai_pb.CreateChatCompletionRequest(http_body=http),
-                                                     metadata=(BATCH_PRIORITY,))
+                                                     metadata=metadata)
         else:
             call = self._openai.CreateCompletion(openai_pb.CreateCompletionRequest(http_body=http),
-                                                 metadata=(BATCH_PRIORITY,))
+                                                 metadata=metadata)
         data = bytearray()
         try:
             async for frame in call:
