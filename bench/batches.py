@@ -45,7 +45,11 @@ async def probe(sdk: openai.AsyncOpenAI) -> float:
 
 async def live(sdk: openai.AsyncOpenAI, n: int, tokens: int) -> float:
     started = time.perf_counter()
-    results = await asyncio.gather(*(sdk.chat.completions.create(**body(i, tokens)) for i in range(n)))
+    def kwargs(i: int) -> dict:
+        b = body(i, tokens)
+        return {**b, "extra_body": {"ignore_eos": b.pop("ignore_eos")}}
+
+    results = await asyncio.gather(*(sdk.chat.completions.create(**kwargs(i)) for i in range(n)))
     wall = time.perf_counter() - started
     assert all(r.usage.completion_tokens == tokens for r in results)
     return wall
