@@ -139,3 +139,18 @@ async def test_cancel_waits_for_running_lines(stack: Stack) -> None:
     assert [o["custom_id"] for o in await content(stack, done.output_file_id)] == ["c1"]
     assert (await stack.repo.cancel("owner-1", batch_id)).status == "cancelled"  # unchanged, refused upstream
     assert await stack.repo.cancel("someone-else", batch_id) is None
+
+
+async def test_a_unit_that_keeps_killing_workers_fails_its_lines(stack: Stack) -> None:
+    batch_id = await started(stack, 6)
+    await stack.repo.finish_line(batch_id, 0, "completed", ok(batch_id, 0))
+    await stack.worker.give_up(batch_id, 0)  # lines 1..3 of unit 0 fail; unit 1 is untouched
+    row = await stack.repo.get(None, batch_id)
+    assert (row.completed, row.failed) == (1, 1 + 3)
+    for i in (4, 5):
+        await stack.repo.finish_line(batch_id, i, "completed", ok(batch_id, i))
+    await stack.worker.finalize_due()
+    done = await stack.repo.get(None, batch_id)
+    assert done.status == "completed" and (done.completed, done.failed) == (3, 4)
+    codes = [e["error"]["code"] for e in await content(stack, done.error_file_id)]
+    assert sorted(codes) == ["duplicate_custom_id"] + ["server_error"] * 3

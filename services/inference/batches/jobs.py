@@ -64,6 +64,10 @@ class BatchWorker:
 
     async def handle(self, consumer: StreamConsumer, msg: StreamMessage) -> None:
         batch_id = str(msg.data.get("batch_id", ""))
+        if msg.type == CHUNK and msg.deliveries > self._s.batch_max_deliveries:
+            # Its workers keep dying on this unit (e.g. out of memory): its lines fail rather than the next worker.
+            await self.give_up(batch_id, int(msg.data.get("chunk", 0)))
+            return
         beat = asyncio.create_task(self._renew_claim(consumer, msg.id))
         try:
             if msg.type == VALIDATE:
@@ -138,6 +142,13 @@ class BatchWorker:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await renew
         await self.finalize_due()
+
+    async def give_up(self, batch_id: str, chunk: int) -> None:
+        error = {"code": "server_error", "message": "The request failed repeatedly on the batch workers."}
+        for ln in await self._repo.chunk_lines(batch_id, chunk):
+            record = domain.output_line(batch_id, ln.line_index, ln.custom_id, 0, None, error)
+            await self._repo.finish_line(batch_id, ln.line_index, "failed", record)
+        log.error("batch unit given up", batch_id=batch_id, chunk=chunk)
 
     async def _renew_lines(self, batch_id: str, state: dict[str, Any]) -> None:
         """Keep this chunk's lines marked running, and notice a cancellation or a seal."""
