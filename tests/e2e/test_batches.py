@@ -160,6 +160,12 @@ async def test_batch_bad_input(sdk, http):
     with pytest.raises(openai.BadRequestError):
         await sdk.batches.create(input_file_id=good, endpoint="/v1/chat/completions",
                                  completion_window="1h")  # type: ignore[arg-type]
+    # a file with nothing runnable fails the batch, with OpenAI's `errors`
+    wrong = await upload(sdk, [chat_line(i, url="/v1/completions") for i in range(2)])
+    b = await sdk.batches.create(input_file_id=wrong, endpoint="/v1/chat/completions", completion_window="24h")
+    failed = await wait_done(sdk, b.id)
+    assert failed.status == "failed" and failed.failed_at and failed.output_file_id is None
+    assert [(e.code, e.line) for e in failed.errors.data] == [("mismatched_endpoint", 1), ("mismatched_endpoint", 2)]
     # a finished batch cannot be cancelled
     b = await sdk.batches.create(input_file_id=good, endpoint="/v1/chat/completions", completion_window="24h")
     await wait_done(sdk, b.id)
