@@ -32,10 +32,12 @@ async def setup(app: ServiceApp) -> None:
         EngineCollector(lambda: [(m.record.id, m.engine.stats()) for m in list(models.loaded.values())])
     )
     usage = UsageRecorder(app)
+    moderations = Moderations(models)
+    app.background(moderations.warm, "moderation-classifier")
     app.serve_package(
         "llmlab.inference.v1",
         {
-            "OpenAIService": OpenAIServicer(models, usage, Moderations(models)),
+            "OpenAIService": OpenAIServicer(models, usage, moderations),
             "NativeService": NativeServicer(models, usage),
             "InferenceService": InferenceServicer(models, usage),
             "ModelService": ModelServicer(models, usage),

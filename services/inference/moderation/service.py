@@ -61,6 +61,10 @@ class Moderations:
     def __init__(self, models: ModelManager) -> None:
         self._models = models
 
+    async def warm(self, stop: asyncio.Event) -> None:
+        """Load (or train and cache) the classifier at start, off the event loop, not on the first request."""
+        await asyncio.to_thread(classifier.load)
+
     async def moderate(self, request: pb.CreateModerationRequest) -> pb.CreateModerationResponse:
         value = json_format.MessageToDict(request.input) if request.HasField("input") else None
         texts = parse_input(value)
