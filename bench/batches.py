@@ -47,7 +47,8 @@ async def live(sdk: openai.AsyncOpenAI, n: int, tokens: int) -> float:
     started = time.perf_counter()
     def kwargs(i: int) -> dict:
         b = body(i, tokens)
-        return {**b, "extra_body": {"ignore_eos": b.pop("ignore_eos")}}
+        extra = {"ignore_eos": b.pop("ignore_eos")}  # not a parameter of the SDK's signature
+        return {**b, "extra_body": extra}
 
     results = await asyncio.gather(*(sdk.chat.completions.create(**kwargs(i)) for i in range(n)))
     wall = time.perf_counter() - started
