@@ -54,6 +54,10 @@ def training_set(path: pathlib.Path = TRAIN) -> list[tuple[str, frozenset[str]]]
         out += [(t, labels) for t in expand(group["parts"], group["count"])]
     out += [(t["text"], frozenset(t["labels"])) for t in spec["texts"]]
     out += [(t, frozenset()) for t in expand(spec["benign"]["parts"], spec["benign"]["count"])]
+    # Benign texts built from the same frames and fillers as the harmful groups ("I am going to ... tonight"),
+    # so that those words alone carry no weight.
+    for group in spec.get("benign_more", []):
+        out += [(t, frozenset()) for t in expand(group["parts"], group["count"])]
     return out
 
 
