@@ -23,7 +23,7 @@ class InferenceSettings(ServiceSettings):
     # time (a dead worker's unit is taken over after it), deliveries before a unit is dead-lettered, retries of a
     # line the engine refused as overloaded, and how often each worker looks for batches to finalize.
     batch_chunk_lines: int = 8
-    batch_consumers: int = 4
+    batch_consumers: int = 6
     batch_claim_idle_ms: int = 30_000
     batch_max_deliveries: int = 5
     batch_line_retries: int = 4
