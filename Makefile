@@ -9,7 +9,7 @@ ENVOY := .venv-envoy/bin/envoy
 BUF := node_modules/.bin/buf
 PYTEST_ARGS ?=
 
-.PHONY: help setup gen model lint test test-unit test-integration test-e2e up bench bench-gateway bench-engine \
+.PHONY: help setup gen model moderation bench-batches lint test test-unit test-integration test-e2e up bench bench-gateway bench-engine \
 	bench-inference bench-peers bench-auth vendor clean fuzz openapi
 
 help:
@@ -47,6 +47,11 @@ gen: $(VENV)/.installed
 # $$LLMLAB_MODEL_CACHE (default ~/.cache/llmlab/models); the first run takes a few minutes, later runs a second.
 model: $(VENV)/.installed
 	$(PY) -m services.inference.importer
+
+# The moderation classifier (services/inference/moderation): trained from the repo's data, cached in
+# $$LLMLAB_MODERATION_CACHE (default ~/.cache/llmlab/moderation); services train it on first use otherwise.
+moderation: $(VENV)/.installed
+	$(PY) -m services.inference.moderation.classifier
 
 # docs/openapi.json from the descriptor set; tests/unit/test_openapi.py fails when it drifts from the protos.
 openapi: gen
@@ -106,6 +111,10 @@ bench-engine: setup gen model
 
 bench-inference: setup gen model bench-peers
 	$(PY) -m bench.inference
+
+# OpenAI batches against the same requests sent live, and live latency while a batch runs (docs/batches.md).
+bench-batches: setup gen model
+	$(PY) -m bench.batches
 
 clean:
 	rm -rf gen .run .pytest_cache .ruff_cache

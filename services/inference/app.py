@@ -6,11 +6,15 @@ import pathlib
 
 from llmlab.runtime import ServiceApp, ServiceSpec
 
+from .batches.calls import Calls
+from .batches.repository import BatchRepository
+from .batches.servicer import BatchServicer
 from .engine.metrics import EngineCollector
 from .internal.servicer import InferenceServicer
 from .models.manager import ModelManager
 from .models.registry import ModelRegistry
 from .models.servicer import ModelServicer
+from .moderation.service import Moderations
 from .native.servicer import NativeServicer
 from .openai.servicer import OpenAIServicer
 from .settings import InferenceSettings
@@ -29,14 +33,18 @@ async def setup(app: ServiceApp) -> None:
         EngineCollector(lambda: [(m.record.id, m.engine.stats()) for m in list(models.loaded.values())])
     )
     usage = UsageRecorder(app)
+    moderations = Moderations(models)
+    app.background(moderations.warm, "moderation-classifier")
     app.serve_package(
         "llmlab.inference.v1",
         {
-            "OpenAIService": OpenAIServicer(models, usage),
+            "OpenAIService": OpenAIServicer(models, usage, moderations),
             "NativeService": NativeServicer(models, usage),
             "InferenceService": InferenceServicer(models, usage),
             "ModelService": ModelServicer(models, usage),
             **training_servicers(app, models),
+            "BatchService": BatchServicer(BatchRepository(app.db),
+                                          Calls(app.channel("files"), app.channel("inference")), app.events),
         },
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 from dataclasses import dataclass, field, replace
 
 
@@ -90,3 +91,14 @@ class GenerationRequest:
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
+    priority: int = 0  # INTERACTIVE or BATCH (engine/engine.py "Priority")
+
+
+# Priority classes of generation (engine/engine.py "Priority"): live `/v1` traffic, and the lines of OpenAI batches.
+INTERACTIVE, BATCH = 0, 1
+# The class of the request being served: set by the OpenAI servicer from the caller's `x-llmlab-priority`
+# metadata (only internal callers can send it: the gateway drops client-sent x-llmlab-* headers), read by the
+# in-process backend when it hands the request to the engine.
+generation_priority: contextvars.ContextVar[int] = contextvars.ContextVar("llmlab_generation_priority",
+                                                                          default=INTERACTIVE)
+

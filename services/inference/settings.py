@@ -27,3 +27,14 @@ class InferenceSettings(ServiceSettings):
     training_checkpoint_every: int = 25  # steps between periodic checkpoints (what a killed worker can lose)
     training_threads: int = 0  # torch threads of the trainer; 0: torch's default (every core)
     training_log_every: int = 10  # a log line every N steps (and one per epoch)
+    # OpenAI batches (docs/batches.md): lines per work unit, units a worker runs at once, the queue's reclaim
+    # time (a dead worker's unit is taken over after it), deliveries before a unit is dead-lettered, retries of a
+    # line the engine refused as overloaded, and how often each worker looks for batches to finalize.
+    batch_chunk_lines: int = 8
+    batch_consumers: int = 6
+    batch_claim_idle_ms: int = 30_000
+    batch_max_deliveries: int = 5
+    batch_line_retries: int = 4
+    batch_finalize_interval_s: float = 1.0
+    # Engine slots kept free for interactive requests while batch work runs (engine.py "Priority"); 0: none.
+    batch_reserved_slots: int = 4

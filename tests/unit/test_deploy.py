@@ -426,3 +426,43 @@ def test_experiments_worker_runs_the_worker_with_the_service_s_settings_and_scal
     for t in triggers:
         assert t["type"] == "redis-streams" and t["metadata"]["consumerGroup"] == sweeps.GROUP
         assert int(t["metadata"]["lagCount"]) > 0 and t["metadata"]["addressFromEnv"] in env
+
+
+def test_inference_worker_runs_the_batch_queue_with_the_inference_settings():
+    objs = base_objects("inference-worker")
+    assert {"Deployment", "ServiceAccount", "PodDisruptionBudget"} <= set(objs) and "Service" not in objs
+    c = container(objs["Deployment"])
+    assert c["args"] == ["inference.worker"] and c["startupProbe"]["grpc"]["port"] == PORT
+    env = env_of(c)
+    assert env["LLMLAB_INFERENCE_WORKER_PORT"]["value"] == str(PORT)
+    assert env["LLMLAB_INFERENCE_TARGET"]["value"] == f"inference:{PORT}"
+    assert env["LLMLAB_FILES_TARGET"]["value"] == f"files:{PORT}"
+    from services.inference.settings import InferenceSettings
+
+    fields = {f.name for f in dataclasses.fields(InferenceSettings)}
+    for name in env:
+        if name.endswith("_TARGET") or name == "LLMLAB_INFERENCE_WORKER_PORT":
+            continue
+        assert name.removeprefix("LLMLAB_INFERENCE_").removeprefix("LLMLAB_").lower() in fields, name
+    assert "inference-worker.yaml" in load_docs(BASE / "kustomization.yaml")[0]["resources"]
+    from llmlab.devstack.launcher import WORKERS
+
+    assert WORKERS["inference-worker"][0] == "services.inference.worker"
+
+
+def test_keda_component_scales_the_inference_worker_on_its_queue():
+    from llmlab.runtime.streams import stream_key
+    from services.inference.batches.jobs import GROUP, QUEUE
+
+    k, docs = component("keda-batches")
+    [scaled] = [d for d in docs if d["kind"] == "ScaledObject"]
+    assert scaled["spec"]["scaleTargetRef"]["name"] == "inference-worker"
+    [trigger] = scaled["spec"]["triggers"]
+    assert trigger["type"] == "redis-streams"
+    assert trigger["metadata"]["stream"] == stream_key("llmlab", QUEUE)
+    assert trigger["metadata"]["consumerGroup"] == GROUP
+    [auth] = [d for d in docs if d["kind"] == "TriggerAuthentication"]
+    assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+    assert all(ref["name"] == SECRET for ref in auth["spec"]["secretTargetRef"])
+    unset = {p["target"]["name"] for p in k["patches"] if "/spec/replicas" in p.get("patch", "")}
+    assert unset == {"inference-worker"}

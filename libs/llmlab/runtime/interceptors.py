@@ -185,6 +185,25 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):
         await context.abort(exc.grpc_code, exc.message, trailing_metadata=exc.trailing_metadata())
 
 
+def propagated_metadata() -> dict[str, str]:
+    """What a call to another service carries from the current context: request id, principal and permissions,
+    W3C trace context. PropagatingClientInterceptor adds it to every call of a channel; a caller can also pass it
+    as the call's metadata itself (grpc.aio hands an interceptor that is both unary-unary and unary-stream only
+    the unary-unary calls, so server-streaming calls need it passed explicitly)."""
+    carrier: dict[str, str] = {}
+    tracing.inject(carrier)
+    rid = request_id_var.get()
+    if rid:
+        carrier["x-request-id"] = rid
+    principal = principal_var.get()
+    if principal:
+        carrier[PRINCIPAL_HEADER] = principal
+        permissions = permissions_var.get()
+        if permissions:
+            carrier[PERMISSIONS_HEADER] = permissions
+    return carrier
+
+
 class PropagatingClientInterceptor(
     grpc.aio.UnaryUnaryClientInterceptor, grpc.aio.UnaryStreamClientInterceptor
 ):
@@ -192,17 +211,7 @@ class PropagatingClientInterceptor(
 
     @staticmethod
     def _details(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        carrier: dict[str, str] = {}
-        tracing.inject(carrier)
-        rid = request_id_var.get()
-        if rid:
-            carrier["x-request-id"] = rid
-        principal = principal_var.get()
-        if principal:
-            carrier[PRINCIPAL_HEADER] = principal
-            permissions = permissions_var.get()
-            if permissions:
-                carrier[PERMISSIONS_HEADER] = permissions
+        carrier = propagated_metadata()
         metadata = grpc.aio.Metadata(*(details.metadata or ()))
         for k, v in carrier.items():
             metadata[k] = v

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from ..domain import GenerationEvent, GenerationRequest, TokenLogprob
+from ..domain import GenerationEvent, GenerationRequest, TokenLogprob, generation_priority
 from ..engine import Engine, EngineError
 from ..engine.scoring import ScoredToken
 from ..errors import engine_error
@@ -57,7 +57,8 @@ class OnnxBackend:
         return self.tokenize(request.prompt or "")
 
     async def generate(self, request: BackendRequest) -> AsyncIterator[GenerationEvent]:
-        gen = GenerationRequest(request.request_id, self.prompt_ids(request), request.params)
+        gen = GenerationRequest(request.request_id, self.prompt_ids(request), request.params,
+                                priority=generation_priority.get())
         try:
             self.engine.validate(gen)
         except EngineError as exc:

@@ -253,6 +253,22 @@ class UpstreamBackend:
             )
         return BackendStatus(self.kind, self.model.id, True, f"{self._host} serves {self.upstream_model}", ms)
 
+    async def moderate(self, texts: list[str]) -> dict[str, Any]:
+        """The upstream's own `POST /moderations` for `texts` (docs/batches.md "Moderations"): its response body,
+        with our model id in place of the upstream's name."""
+        headers = {**self._headers(), "Accept": "application/json"}
+        try:
+            resp = await self._client.post("/moderations", json={"model": self.upstream_model, "input": texts},
+                                           headers=headers)
+        except httpx.HTTPError as e:
+            raise BackendUnavailable(f"The upstream at {self._host} is unreachable ({type(e).__name__})") from None
+        if resp.status_code != 200:
+            raise self._http_error(resp.status_code, resp.content, resp.headers)
+        body = _json(resp.text)
+        if not isinstance(body.get("results"), list):
+            raise BackendUnavailable(f"The upstream at {self._host} answered moderations without results")
+        return {**body, "model": self.model.id}
+
     async def close(self) -> None:
         await self._client.aclose()
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..domain import GenerationEvent, GenerationRequest, TokenLogprob, TopLogprob, Usage
+from ..domain import INTERACTIVE, GenerationEvent, GenerationRequest, TokenLogprob, TopLogprob, Usage
 from .prefix_cache import PrefixCache, PrefixHit
 from .runner import ModelRunner
 from .sampling import RequestSampler, SampledToken, sample_batch
@@ -92,6 +92,7 @@ class BatchCore:
         )
         self._lock = threading.Lock()
         self._helper: _Helper | None = None
+        self.last_interactive = -1e9  # monotonic time of the last interactive submission (engine.py "Priority")
 
     def close(self) -> None:
         if self._helper is not None:
@@ -101,6 +102,27 @@ class BatchCore:
     @property
     def active(self) -> int:
         return len(self.decoding) + (self.staged is not None)
+
+    # -- priority (engine.py "Priority") -----------------------------------------------------------------------------
+
+    def batch_cap(self) -> int:
+        """Slots batch-class sequences may hold now: all, unless interactive requests arrived recently."""
+        reserved = self.config.batch_reserved_slots
+        if reserved <= 0 or time.monotonic() - self.last_interactive > self.config.interactive_window_s:
+            return self.config.max_batch
+        return max(1, self.config.max_batch - reserved)
+
+    def batch_running(self) -> int:
+        running = [s for s in self.decoding if s.request.priority != INTERACTIVE]
+        return len(running) + (self.staged is not None and self.staged.request.priority != INTERACTIVE)
+
+    def may_admit(self, waiting: collections.deque[SequenceState]) -> bool:
+        """Whether the head of the queue could take a slot now (read from the worker thread: no iteration)."""
+        try:
+            head = waiting[0]
+        except IndexError:
+            return False
+        return head.request.priority == INTERACTIVE or self.batch_running() < self.batch_cap()
 
     # -- planning (event loop) ---------------------------------------------------------------------------------------
 
@@ -124,7 +146,9 @@ class BatchCore:
             if group:
                 options["prefill"] = group
             if self.staged is None:
-                long = next((s for s in waiting if self._uncached(s) > chunk), None)
+                cap = self.batch_running() < self.batch_cap()
+                long = next((s for s in waiting if self._uncached(s) > chunk
+                             and (cap or s.request.priority == INTERACTIVE)), None)
                 if long is not None:
                     options["chunk"] = [long]
         if self.staged is not None:
@@ -175,12 +199,17 @@ class BatchCore:
         group: list[SequenceState] = []
         seen: set[tuple[int, ...]] = set()
         padded = width = cached_cost = 0
+        batch_free = self.batch_cap() - self.batch_running()  # engine.py "Priority"
         for seq in waiting:
             if len(group) >= free:
                 break
+            batch = seq.request.priority != INTERACTIVE
+            if batch and batch_free <= 0:
+                break  # interactive requests queue ahead of batch ones: none follows
             key = tuple(seq.prompt) if self.config.share_prefill else (id(seq),)
             if key in seen:
                 group.append(seq)
+                batch_free -= batch
                 continue
             cost = self._uncached(seq)
             if 1 < cost < len(seq.prompt):  # a suffix after a cached prefix runs alone: count its run's overhead
@@ -198,6 +227,7 @@ class BatchCore:
                 cached_cost += cost
             seen.add(key)
             group.append(seq)
+            batch_free -= batch
         return group
 
     # -- steps (worker thread) ---------------------------------------------------------------------------------------

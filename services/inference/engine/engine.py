@@ -16,6 +16,13 @@ prefilled once and their keys and values copied into the others' slots; they the
 prefix cache (prefix_cache.py: why copies into per-slot buffers rather than paged attention) keeps the blocks of
 every prefilled prompt and finished conversation, so a later prompt starting the same way (a system prompt, a
 sweep's prompt, a conversation's history) runs only its new tokens through the model.
+
+Priority: a request is INTERACTIVE (live `/v1` traffic) or BATCH (a line of an OpenAI batch, docs/batches.md). An
+interactive request queues ahead of every waiting batch request, and while interactive requests keep arriving
+(one within `interactive_window_s`), batch requests hold at most max_batch - batch_reserved_slots slots, so an
+arriving live request finds a free slot at the next admission step instead of waiting for a batch sequence to
+finish. With no live traffic batch requests may take every slot: the reservation costs throughput only while it
+serves someone. Running sequences are never preempted.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import numpy as np
 
 from llmlab.sampling import BOUNDS, violation
 
-from ..domain import GenerationEvent, GenerationRequest, SamplingParams, TokenLogprob
+from ..domain import INTERACTIVE, GenerationEvent, GenerationRequest, SamplingParams, TokenLogprob
 from .artifact import ModelArtifact, load_artifact
 from .batch import RATE_WINDOW_S, BatchCore, SampledToken, SequenceState
 from .errors import ContextLengthExceeded, EngineOverloaded, EngineStopped, InvalidRequest
@@ -68,6 +75,10 @@ class EngineConfig:
     # decode steps (measured as the engine runs), at least `interleave_min_tokens`. 0: no limit but prefill_tokens.
     interleave_ratio: float = 1.0
     interleave_min_tokens: int = 8
+    # Priority (see Engine._submit): while interactive requests have been seen within `interactive_window_s`,
+    # batch-class requests may hold at most max_batch - batch_reserved_slots slots; otherwise they may fill all.
+    batch_reserved_slots: int = 0
+    interactive_window_s: float = 5.0
     share_prefill: bool = True  # equal prompts admitted in one step are prefilled once (n choices, a sweep's repeats)
 
 
@@ -280,7 +291,17 @@ class Engine:
         if not request.params.ignore_eos:
             stop_ids |= self.eos_token_ids
         seq = SequenceState(request, stop_ids, self.tokenizer.detokenizer(request.prompt_token_ids))
-        self._waiting.append(seq)
+        # Priority: an interactive request queues ahead of every waiting batch-class one (and notes the time, which
+        # keeps slots reserved for the next ones: BatchCore.batch_cap); batch-class requests queue in order.
+        if request.priority == INTERACTIVE:
+            self._core.last_interactive = time.monotonic()
+            ahead = next((i for i, s in enumerate(self._waiting) if s.request.priority != INTERACTIVE), None)
+            if ahead is None:
+                self._waiting.append(seq)
+            else:
+                self._waiting.insert(ahead, seq)
+        else:
+            self._waiting.append(seq)
         self._wake.set()
         return seq
 
@@ -293,7 +314,8 @@ class Engine:
                 loop.call_soon_threadsafe(_dispatch, events)
 
         def interrupted(active: int) -> bool:
-            return self._stopping or self._scoring > 0 or (bool(self._waiting) and active < self.config.max_batch)
+            return self._stopping or self._scoring > 0 or (
+                bool(self._waiting) and active < self.config.max_batch and self._core.may_admit(self._waiting))
 
         while not self._stopping:
             plan = self._core.plan(self._waiting)

@@ -217,6 +217,7 @@ class ModelManager:
             threads=self.settings.threads or None,
             prefix_cache=self.settings.prefix_cache_mb > 0,
             prefix_cache_mb=self.settings.prefix_cache_mb,
+            batch_reserved_slots=min(self.settings.batch_reserved_slots, self.settings.max_batch - 1),
         )
         started = time.perf_counter()
         rss = psutil.Process().memory_info().rss

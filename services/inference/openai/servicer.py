@@ -22,7 +22,7 @@ from llmlab.runtime import DomainError, Internal, InvalidArgument, NotFound, Res
 from llmlab.runtime.context import current_request_id
 
 from ..backends import Backend, BackendRequest
-from ..domain import GenerationEvent, TokenLogprob, Usage
+from ..domain import BATCH, INTERACTIVE, GenerationEvent, TokenLogprob, Usage, generation_priority
 from ..generation import merge_streams
 from ..models.manager import ModelManager
 from ..models.registry import ModelNotFound, ModelRecord
@@ -89,6 +89,13 @@ def _body(data: bytes, content_type: str) -> httpbody_pb2.HttpBody:
 Streams = list[AsyncGenerator[GenerationEvent, None]]
 
 
+def _priority(context: Any) -> int:
+    """The engine class of this request: BATCH when an internal caller (the batch workers) says so in the
+    `x-llmlab-priority` metadata, which clients cannot send (the gateway drops x-llmlab-* headers)."""
+    metadata = dict(context.invocation_metadata() or ()) if context is not None else {}
+    return BATCH if metadata.get("x-llmlab-priority") == "batch" else INTERACTIVE
+
+
 @dataclass
 class _Run:
     """One request ready to run: its plan, a backend stream per choice, and how to render the answer."""
@@ -104,9 +111,10 @@ class _Run:
 class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
     """The OpenAI-compatible surface over the model manager's backends."""
 
-    def __init__(self, models: ModelManager, usage: UsageRecorder) -> None:
+    def __init__(self, models: ModelManager, usage: UsageRecorder, moderations: Any = None) -> None:
         self._models = models
         self._usage = usage
+        self._moderations = moderations  # moderation.service.Moderations
 
     # -- models ---------------------------------------------------------------------------------------------------
     async def ListOpenAIModels(self, request: pb.ListOpenAIModelsRequest, context: Any) -> pb.ListOpenAIModelsResponse:
@@ -139,15 +147,24 @@ class OpenAIServicer(pb_grpc.OpenAIServiceServicer):
     async def CreateChatCompletion(
         self, request: pb.CreateChatCompletionRequest, context: Any
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        generation_priority.set(_priority(context))
         async for frame in self._serve(request.http_body.data, "/v1/chat/completions", parse_chat_request, self._chat):
             yield frame
 
     async def CreateCompletion(
         self, request: pb.CreateCompletionRequest, context: Any
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
+        generation_priority.set(_priority(context))
         async for frame in self._serve(request.http_body.data, "/v1/completions", parse_completion_request,
                                        self._completion):
             yield frame
+
+    async def CreateModeration(self, request: pb.CreateModerationRequest, context: Any
+                               ) -> pb.CreateModerationResponse:
+        try:
+            return await self._moderations.moderate(request)
+        except ProtocolError as err:
+            raise protocol_error(err) from None
 
     async def _serve(
         self, data: bytes, endpoint: str, parse: Callable[[bytes], Any],
