@@ -9,6 +9,9 @@ from llmlab.runtime import ServiceApp, ServiceSpec
 from .generation import Peers
 from .models import ModelRegistry
 from .repository import ExperimentRepository
+from .research.peers import Peers as ResearchPeers
+from .research.repository import ResearchRepository
+from .research.servicer import PromptServicer, ResearchExperimentServicer
 from .response_repository import ResponseRepository
 from .responses_servicer import ResponseServicer
 from .servicer import ExperimentServicer
@@ -23,9 +26,13 @@ async def setup(app: ServiceApp) -> None:
                                   Peers(app.channel("inference"), app.channel("metrics"), app.events))
     # Runs in progress outlive their callers; on SIGTERM they get the grace period to finish and be stored.
     app.on_stop(lambda: generation.drain(app.settings.shutdown_grace_seconds))
+    research = ResearchRepository(app.db)
+    research_peers = ResearchPeers(app.channel("inference"), app.channel("files"), app.channel("metrics"))
     app.serve_package("llmlab.experiments.v1", {
         "ExperimentService": ExperimentServicer(experiments, models, responses),
         "ResponseService": generation,
+        "ResearchExperimentService": ResearchExperimentServicer(research, research_peers, app.events),
+        "PromptService": PromptServicer(research),
     })
 
 
