@@ -6,6 +6,8 @@ import pathlib
 
 from llmlab.runtime import ServiceApp, ServiceSpec
 
+from .evaluation_repository import EvaluationRepository
+from .evaluations import EvaluationServicer
 from .judge import Judge
 from .repository import ScoreRepository
 from .servicer import MetricsServicer, ScoringServicer
@@ -23,6 +25,7 @@ async def setup(app: ServiceApp) -> None:
     app.serve_package("llmlab.metrics.v1", {
         "ScoringService": ScoringServicer(repo, app.events, judge),
         "MetricsService": MetricsServicer(repo),
+        "EvaluationService": EvaluationServicer(EvaluationRepository(app.db), app.channel("experiments")),
     })
 
 

@@ -102,6 +102,7 @@ def render_gateway(cfg: PlatformConfig) -> Path:
 # Each consumes a job queue of its service (the module's docstring says which); one line per worker type.
 WORKERS: dict[str, tuple[str, str]] = {
     "files-worker": ("services.files.worker", "LLMLAB_FILES_WORKER_PORT"),  # export jobs (docs/files.md)
+    "experiments-worker": ("services.experiments.worker", "LLMLAB_EXPERIMENTS_WORKER_PORT"),
 }
 
 

@@ -30,7 +30,7 @@ DEFAULT_NUM_SAMPLES = 100
 MAX_NUM_SAMPLES = 10_000  # per run: sampled rows x templates x models generations are planned from it
 MAX_IDS = 20
 DEFAULT_ANSWER_FIELD = "answer"
-MAX_RUN_GENERATIONS = 20_000
+MAX_RUN_GENERATIONS = 10_000  # the metrics service measures at most this many samples at once
 
 
 class Fields:

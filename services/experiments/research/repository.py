@@ -276,13 +276,25 @@ class ResearchRepository:
                 run_id, status, error, json.dumps(outputs) if outputs is not None else None, attempt)
             return await self._run(conn, "r.id = $1::uuid", run_id) if done == "UPDATE 1" else None
 
-    async def claim_run(self, run_id: str) -> RunRow | None:
-        """pending or running (its worker died) -> running under a new attempt; None when it ended or vanished."""
+    async def claim_run(self, run_id: str, stale_seconds: float) -> RunRow | None:
+        """pending, or running without a heartbeat for stale_seconds (its worker died) -> running under a new
+        attempt; None when it ended, vanished, or a live worker holds it."""
         async with self._pool.acquire() as conn:
             n = await conn.execute(
                 "UPDATE experiment_runs SET status = 'running', attempt = attempt + 1, heartbeat_at = now() "
-                "WHERE id = $1::uuid AND executed AND status IN ('pending', 'running')", run_id)
+                "WHERE id = $1::uuid AND executed AND (status = 'pending' OR (status = 'running' AND "
+                "(heartbeat_at IS NULL OR heartbeat_at < now() - make_interval(secs => $2))))",
+                run_id, stale_seconds)
             return await self._run(conn, "r.id = $1::uuid", run_id) if n == "UPDATE 1" else None
+
+    async def heartbeat(self, run_id: str, attempt: int) -> None:
+        await self._pool.execute("UPDATE experiment_runs SET heartbeat_at = now() WHERE id = $1::uuid "
+                                 "AND attempt = $2 AND status = 'running'", run_id, attempt)
+
+    async def heartbeat_expire(self, run_id: str, attempt: int) -> None:
+        """Let the next delivery of a failed attempt claim the run at once."""
+        await self._pool.execute("UPDATE experiment_runs SET heartbeat_at = NULL WHERE id = $1::uuid "
+                                 "AND attempt = $2 AND status = 'running'", run_id, attempt)
 
     async def set_total(self, run_id: str, total: int) -> None:
         await self._pool.execute("UPDATE experiment_runs SET total = $2 WHERE id = $1::uuid", run_id, total)
