@@ -125,3 +125,23 @@ def test_the_sdk_is_pip_installable(tmp_path):
                     "--target", str(tmp_path), str(root)], check=True, timeout=120)
     assert (tmp_path / "llm_research_lab" / "client.py").exists()
     assert httpx  # the one runtime dependency
+
+
+async def test_typescript_sdk_with_nodes_test_runner(platform, ids):
+    """sdks/typescript's tests (the documented TypeScript example among them) against this gateway."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    node = shutil.which("node")
+    assert node, "Node.js is needed for the TypeScript SDK's tests"
+    root = Path(__file__).resolve().parents[2] / "sdks" / "typescript"
+    env = {**os.environ, "LLMLAB_GATEWAY_URL": platform.gateway_url, "LLMLAB_API_KEY": platform.api_key,
+           "LLMLAB_TEST_MODEL_ID": ids["model"], "LLMLAB_TEST_DATASET_ID": ids["dataset"],
+           "LLMLAB_TEST_TEMPLATE_ID": ids["template"]}
+    proc = await asyncio.create_subprocess_exec(node, "--test", "test/", cwd=root, env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await asyncio.wait_for(proc.communicate(), 600)
+    text = out.decode()
+    assert proc.returncode == 0, text
+    assert "# pass 5" in text and "# skipped 0" in text, text
