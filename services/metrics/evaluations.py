@@ -51,6 +51,7 @@ def aggregate_runs(evaluations: list[RunEvaluation]) -> dict[str, dict[str, Any]
 def _response(e: RunEvaluation) -> pb.CreateEvaluationResponse:
     out = pb.CreateEvaluationResponse(id=e.id, experiment_id=e.experiment_id, run_id=e.run_id, metrics=e.metrics,
                                       created_at=iso(e.created_at))
+    out.metadata.SetInParent()  # `{}` rather than absent when none was given
     out.metadata.update(e.metadata)
     return out
 

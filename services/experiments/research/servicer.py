@@ -41,7 +41,9 @@ def experiment_pb(row: ResearchRow) -> pb.ResearchExperiment:
         collaborators=row.collaborators, tags=row.tags, status=row.status, created_at=iso(row.created_at),
         updated_at=iso(row.updated_at), archived_at=value(iso(row.archived_at) if row.archived_at else None),
     )
+    out.config.SetInParent()  # `{}` rather than absent when empty
     out.config.update(row.config)
+    out.metadata.SetInParent()
     out.metadata.update(row.metadata)
     return out
 
@@ -53,6 +55,7 @@ def run_pb(run: RunRow) -> pb.ExperimentRun:
         progress=pb.RunProgress(total=run.total, completed=run.done, failed=run.failed),
         outputs=value(run.outputs),
     )
+    out.config.SetInParent()
     out.config.update(run.config)
     return out
 
@@ -61,7 +64,9 @@ def template_pb(t: TemplateRow) -> ppb.PromptTemplate:
     out = ppb.PromptTemplate(id=t.id, name=t.name, description=t.description, template=t.template,
                              variables=t.variables, tags=t.tags, created_at=iso(t.created_at),
                              updated_at=iso(t.updated_at))
+    out.default_values.SetInParent()
     out.default_values.update(t.default_values)
+    out.metadata.SetInParent()
     out.metadata.update(t.metadata)
     return out
 
