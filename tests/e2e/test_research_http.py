@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
+import signal
 import uuid
 
 import pytest
@@ -208,3 +211,38 @@ async def test_prompt_templates_validate_and_render_safely(http):
     assert list(body["details"]["fields"]) == ["variables.name"]
     assert (await http.get(f"/prompts/{t['id']}")).json()["template"] == t["template"]
     assert t["id"] in [x["id"] for x in (await http.get("/prompts", params={"limit": 100})).json()["data"]]
+
+
+def worker_pid(platform) -> int:
+    """The experiments worker's current pid, from its `service started` log line."""
+    pids = [int(m.group(1)) for line in platform.logs.text().splitlines()
+            if "experiments-worker" in line and "service started" in line
+            for m in [re.search(r'"pid": ?(\d+)', line)] if m]
+    assert pids, "no experiments-worker start line in the platform's log"
+    return pids[-1]
+
+
+async def test_a_run_survives_its_worker_killed(http, lab, platform, db):
+    """kill -9 of the worker mid-run: the restarted worker reclaims the message and resumes the run; every
+    generation is stored exactly once."""
+    e = (await http.post("/experiments", json={"name": f"kill {uuid.uuid4()}", "config": {
+        "model_ids": [lab["model"]], "dataset_ids": [lab["dataset"]], "prompt_template_ids": [lab["template"]],
+        "parameters": {"temperature": 0.7, "max_tokens": 32}, "num_samples": 6, "random_seed": 3}})).json()
+    run = (await http.post(f"/experiments/{e['id']}/runs", json={})).json()
+    victim = worker_pid(platform)
+    for _ in range(400):
+        seen = (await http.get(f"/experiments/{e['id']}/runs/{run['id']}")).json()
+        if seen["status"] == "running" and seen["progress"]["total"]:
+            break
+        await asyncio.sleep(0.025)
+    assert seen["status"] == "running", seen
+    os.kill(victim, signal.SIGKILL)
+    done = await wait_run(http, e["id"], run["id"])
+    assert done["status"] == "completed", done
+    assert done["progress"] == {"total": 6, "completed": 6, "failed": 0}
+    stored = await db.fetch("SELECT sample_key FROM experiment_run_outputs WHERE run_id = $1::uuid", run["id"])
+    assert len(stored) == 6 == len({r["sample_key"] for r in stored})
+    assert await db.fetchval("SELECT attempt FROM experiment_runs WHERE id = $1::uuid", run["id"]) == 2
+    assert worker_pid(platform) != victim
+    metrics = (await http.get(f"/experiments/{e['id']}/metrics")).json()
+    assert [r["run_id"] for r in metrics["runs"]] == [run["id"]]  # one evaluation
