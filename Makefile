@@ -102,5 +102,13 @@ bench-engine: setup gen model
 bench-inference: setup gen model bench-peers
 	$(PY) -m bench.inference
 
+# The research SDKs (docs/research.md): their own tests; `make test` runs them against the gateway as well.
+test-sdks: setup gen model
+	cd sdks/typescript && node --test test/units.test.mjs
+	$(VENV)/bin/pytest tests/unit/test_research_sdk.py tests/e2e/test_research_sdk.py $(PYTEST_ARGS)
+
+bench-research: setup gen model
+	$(PY) -m bench.research
+
 clean:
 	rm -rf gen .run .pytest_cache .ruff_cache
