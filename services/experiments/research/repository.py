@@ -308,7 +308,7 @@ class ResearchRepository:
         rows = await self._pool.fetch(
             """SELECT sample_key, model_id, template_id, row_index, output, reference, latency_ms, prompt_tokens,
                       completion_tokens, cost_usd, error
-               FROM experiment_run_outputs WHERE run_id = $1::uuid ORDER BY created_at, sample_key""", run_id)
+               FROM experiment_run_outputs WHERE run_id = $1::uuid ORDER BY model_id, template_id, row_index""", run_id)
         return [OutputRow(**dict(r)) for r in rows]
 
     async def add_output(self, run_id: str, o: OutputRow, prompt: str) -> bool:
