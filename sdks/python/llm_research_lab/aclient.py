@@ -239,8 +239,9 @@ class AsyncPrompts:
             yield PromptTemplate.from_dict(item)
 
     async def render(self, prompt_id: str, variables: dict[str, Any] | None = None) -> str:
-        return await self._c._t.request("POST", f"/prompts/{prompt_id}/render",
-                                  json={"variables": variables or {}})["rendered"]
+        rendered = await self._c._t.request("POST", f"/prompts/{prompt_id}/render",
+                                            json={"variables": variables or {}})
+        return rendered["rendered"]
 
 
 class AsyncEvaluations:
