@@ -116,14 +116,17 @@ async def test_429_is_retried_after_retry_after_then_raised_with_its_body(http, 
 
 
 def test_the_sdk_is_pip_installable(tmp_path):
+    import shutil
     import subprocess
     import sys
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[2] / "sdks" / "python"
+    source = tmp_path / "src"  # a copy: building leaves build/ and egg-info beside the sources
+    shutil.copytree(Path(__file__).resolve().parents[2] / "sdks" / "python", source)
+    target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(tmp_path), str(root)], check=True, timeout=120)
-    assert (tmp_path / "llm_research_lab" / "client.py").exists()
+                    "--target", str(target), str(source)], check=True, timeout=120)
+    assert (target / "llm_research_lab" / "client.py").exists() and (target / "llm_research_lab" / "py.typed").exists()
     assert httpx  # the one runtime dependency
 
 
