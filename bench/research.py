@@ -24,36 +24,39 @@ TEMPLATE = "Answer with one number. Question: {{question}}\nAnswer:"
 TARGET = 1.25
 
 
+def ok(r: httpx.Response) -> dict:
+    if r.status_code >= 400:
+        raise SystemExit(f"{r.request.method} {r.request.url.path}: {r.status_code} {r.text}")
+    return r.json()
+
+
 def rows(n: int) -> list[dict]:
     return [{"question": f"What is {i} plus {i + 3}?", "answer": str(2 * i + 3)} for i in range(n)]
 
 
 async def setup(http: httpx.AsyncClient, n: int, max_tokens: int) -> str:
-    d = (await http.post("/datasets", json={"name": "bench sums", "format": "jsonl"})).json()
-    slot = (await http.post(f"/datasets/{d['id']}/upload", json={"filename": "sums.jsonl",
-                                                                 "content_type": "application/jsonl"})).json()
+    d = ok(await http.post("/datasets", json={"name": "bench sums", "format": "jsonl"}))
+    slot = ok(await http.post(f"/datasets/{d['id']}/upload", json={"filename": "sums.jsonl",
+                                                                   "content_type": "application/jsonl"}))
     body = "".join(json.dumps(r) + "\n" for r in rows(n)).encode()
     async with httpx.AsyncClient(timeout=60) as anonymous:
         (await anonymous.put(slot["upload_url"], content=body,
                              headers={"content-type": "application/jsonl"})).raise_for_status()
-    t = (await http.post("/prompts", json={"name": "bench", "template": TEMPLATE})).json()
-    models = (await http.get("/models", params={"limit": 100})).json()["data"]
+    t = ok(await http.post("/prompts", json={"name": "bench", "template": TEMPLATE}))
+    models = ok(await http.get("/models", params={"limit": 100}))["data"]
     model = next(m["id"] for m in models if m["model_identifier"] == MODEL)
     r = await http.post("/experiments", json={"name": "bench research", "config": {
         "model_ids": [model], "dataset_ids": [d["id"]], "prompt_template_ids": [t["id"]],
         "parameters": {"temperature": 0.7, "top_p": 0.9, "max_tokens": max_tokens}, "num_samples": n,
         "random_seed": 1}})
-    r.raise_for_status()
-    e = r.json()
-    (await http.post(f"/experiments/{e['id']}/start", json={})).raise_for_status()
+    e = ok(r)
+    ok(await http.post(f"/experiments/{e['id']}/start", json={}))
     return e["id"]
 
 
 async def research_run(http: httpx.AsyncClient, experiment_id: str) -> tuple[float, int]:
     started = time.perf_counter()
-    r = await http.post(f"/experiments/{experiment_id}/runs", json={})
-    r.raise_for_status()
-    run_id = r.json()["id"]
+    run_id = ok(await http.post(f"/experiments/{experiment_id}/runs", json={}))["id"]
     while True:
         run = (await http.get(f"/experiments/{experiment_id}/runs/{run_id}")).json()
         if run["status"] in ("completed", "failed"):
