@@ -230,10 +230,10 @@ class ResearchRepository:
 
     async def start(self, experiment_id: str) -> ResearchRow | None:
         """draft -> running with started_at; None when it was not a draft any more (raced)."""
-        return await self._get(self._pool, "e.id = (SELECT id FROM experiments WHERE uuid = $1::uuid)", experiment_id) \
-            if await self._pool.execute(
-                "UPDATE experiments SET status = 'running', started_at = now(), updated_at = now() "
-                "WHERE uuid = $1::uuid AND status = 'draft'", experiment_id) == "UPDATE 1" else None
+        changed = await self._pool.execute(
+            "UPDATE experiments SET status = 'running', started_at = now(), updated_at = now() "
+            "WHERE uuid = $1::uuid AND status = 'draft'", experiment_id)
+        return await self.get(experiment_id) if changed == "UPDATE 1" else None
 
     # ---- runs
 
