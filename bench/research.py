@@ -5,6 +5,7 @@ from `POST /experiments/{id}/runs` until `GET .../runs/{run_id}` says completed 
 the experiments worker, storing, reference metrics, the evaluation); against the same N rendered prompts sent
 concurrently to `/v1/chat/completions`. Alternated over rounds, medians kept. Target: the run within 1.25x.
 Usage: python -m bench.research [--rows 100] [--max-tokens 32] [--rounds 3]
+(in a git worktree sharing its venv with another checkout: PYTHONPATH=gen:libs:. first, as pytest sets it)
 """
 
 from __future__ import annotations
