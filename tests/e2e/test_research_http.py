@@ -247,3 +247,11 @@ async def test_a_run_survives_its_worker_killed(http, lab, platform, db):
     assert worker_pid(platform) != victim
     metrics = (await http.get(f"/experiments/{e['id']}/metrics")).json()
     assert [r["run_id"] for r in metrics["runs"]] == [run["id"]]  # one evaluation
+
+
+async def test_401_and_403_in_the_research_shape(http, anonymous):
+    assert_error(await anonymous.get("/experiments"), 401, "unauthorized")
+    key = (await http.post("/v1/auth/api-keys", json={"name": "read only", "permissions": ["experiments:read"]})).json()
+    r = await anonymous.post("/experiments", json={"name": "nope"}, headers={"x-api-key": key["api_key"]})
+    assert assert_error(r, 403, "forbidden")["required_permission"] == "experiments:write"
+    assert (await anonymous.get("/experiments", headers={"x-api-key": key["api_key"]})).status_code == 200
