@@ -147,4 +147,4 @@ async def test_typescript_sdk_with_nodes_test_runner(platform, ids):
     out, _ = await asyncio.wait_for(proc.communicate(), 600)
     text = out.decode()
     assert proc.returncode == 0, text
-    assert "# pass 5" in text and "# skipped 0" in text, text
+    assert "# pass 6" in text and "# skipped 0" in text, text

@@ -75,3 +75,25 @@ test('pagination both ways and errors as exceptions', { skip: !live && 'no gatew
   const t = await client.prompts.create({ name: 'ts', template: 'Hi {{userName}}' });
   assert.equal(await client.prompts.render(t.id, { userName: 'Ada' }), 'Hi Ada');
 });
+
+test('a 429 is retried after its Retry-After, then thrown with its body', { skip: !live && 'no gateway' }, async () => {
+  const res = await fetch(`${env.LLMLAB_GATEWAY_URL}/v1/auth/api-keys`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${env.LLMLAB_API_KEY}` },
+    body: JSON.stringify({ name: 'ts limited', rate_limit: { requests_per_minute: 1 } }),
+  });
+  const { api_key: apiKey } = await res.json();
+  const waits = [];
+  const client = new LLMResearchClient({
+    apiKey, baseUrl: env.LLMLAB_GATEWAY_URL, maxRetries: 2, sleep: async (ms) => { waits.push(ms); },
+  });
+  await client.models.list({ limit: 1 });
+  await assert.rejects(client.models.list({ limit: 1 }), (err) => {
+    assert.equal(err.status, 429);
+    assert.equal(err.error, 'rate_limit_exceeded');
+    assert.ok(err.retryAfter > 0 && err.body.reset_at && err.requestId);
+    assert.equal(waits.length, 2);
+    assert.ok(Math.abs(waits[1] - Number(err.headers['retry-after']) * 1000) <= 1000);  // the same window
+    return true;
+  });
+});
