@@ -19,6 +19,7 @@ from llmlab.metrics.v1 import evaluation_service_pb2 as pb
 from llmlab.metrics.v1 import evaluation_service_pb2_grpc as pb_grpc
 from llmlab.runtime import InvalidArgument, NotFound, Unavailable
 from llmlab.runtime.envelope import iso
+from llmlab.runtime.httprules import CREATED_METADATA
 
 from .evaluation_repository import EvaluationRepository, RunEvaluation
 
@@ -93,7 +94,7 @@ class EvaluationServicer(pb_grpc.EvaluationServiceServicer):
                           rpb.GetExperimentRunRequest(id=experiment_id, run_id=run_id))
         metadata = json_format.MessageToDict(request.metadata) if request.HasField("metadata") else {}
         e = await self._repo.create(experiment_id, run_id, dict(request.metrics), metadata)
-        await context.send_initial_metadata((("x-llmlab-http-status", "201"),))
+        await context.send_initial_metadata(CREATED_METADATA)
         return _response(e)
 
     async def GetExperimentMetrics(self, request: pb.GetExperimentMetricsRequest,

@@ -16,6 +16,7 @@ from llmlab.experiments.v1 import research_experiments_service_pb2_grpc as pb_gr
 from llmlab.runtime import AlreadyExists, FailedPrecondition, NotFound, Unavailable
 from llmlab.runtime.context import current_principal, principal_var
 from llmlab.runtime.envelope import iso, value
+from llmlab.runtime.httprules import CREATED_METADATA
 from llmlab.runtime.streams import EventPublisher
 
 from . import domain, templates
@@ -23,7 +24,6 @@ from .peers import Gone, Peers
 from .plan import prepare
 from .repository import ResearchRepository, ResearchRow, RunRow, TemplateRow
 
-CREATED = (("x-llmlab-http-status", "201"),)  # the gateway answers 201 Created (gateway/errors.lua)
 RUNS_QUEUE = "research-runs"  # run.created: {"run_id"}; consumed by the experiments worker (runner.py)
 
 
@@ -113,7 +113,7 @@ class ResearchExperimentServicer(pb_grpc.ResearchExperimentServiceServicer):
         row, existing = await self._repo.create(new, await self._model_slugs(new.config))
         if row is None:
             raise AlreadyExists("An experiment with this name already exists", metadata={"existing_id": existing})
-        await context.send_initial_metadata(CREATED)
+        await context.send_initial_metadata(CREATED_METADATA)
         return experiment_pb(row)
 
     async def ListResearchExperiments(self, request: pb.ListResearchExperimentsRequest,
@@ -194,7 +194,7 @@ class ResearchExperimentServicer(pb_grpc.ResearchExperimentServiceServicer):
             # Nothing half-created: a run nobody will execute is removed again.
             await self._repo.finish_run(run.id, "failed", "the run could not be queued")
             raise Unavailable("The run queue cannot be reached; the run was not started, please retry") from None
-        await context.send_initial_metadata(CREATED)
+        await context.send_initial_metadata(CREATED_METADATA)
         return run_pb(run)
 
     async def ListExperimentRuns(self, request: pb.ListExperimentRunsRequest,
@@ -245,7 +245,7 @@ class PromptServicer(ppb_grpc.PromptServiceServicer):
         new = templates.new_template(_dict(request))
         principal = current_principal()
         row = await self._repo.create_template(new, principal.user_id if principal else None)
-        await context.send_initial_metadata(CREATED)
+        await context.send_initial_metadata(CREATED_METADATA)
         return template_pb(row)
 
     async def ListPrompts(self, request: ppb.ListPromptsRequest, context: Any) -> ppb.ListPromptsResponse:
