@@ -116,5 +116,13 @@ bench-inference: setup gen model bench-peers
 bench-batches: setup gen model
 	$(PY) -m bench.batches
 
+# The research SDKs (docs/research.md): their own tests; `make test` runs them against the gateway as well.
+test-sdks: setup gen model
+	cd sdks/typescript && node --test test/units.test.mjs
+	$(VENV)/bin/pytest tests/unit/test_research_sdk.py tests/e2e/test_research_sdk.py $(PYTEST_ARGS)
+
+bench-research: setup gen model
+	$(PY) -m bench.research
+
 clean:
 	rm -rf gen .run .pytest_cache .ruff_cache

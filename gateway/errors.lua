@@ -314,6 +314,19 @@ local function respond(h, status, meta)
     details = {fields = e.fields}
     details[ORDER] = {"fields"}
   end
+  -- The research family names every offending field under details.fields (docs/api.md "research"), whichever
+  -- rule found it: a service's field violations, or the transcoder's one {field, value, constraint}.
+  if meta.family == "research" and status == 400 then
+    if e.fields then
+      details = {fields = e.fields}
+      details[ORDER] = {"fields"}
+    elseif type(details) == "table" and type(details.field) == "string" and details.constraint ~= nil then
+      local fields = {[details.field] = tostring(details.constraint)}
+      fields[ORDER] = {details.field}
+      details = {fields = fields}
+      details[ORDER] = {"fields"}
+    end
+  end
 
   local rid = q(meta.request_id or "")
   local fam, out = meta.family
@@ -423,6 +436,15 @@ end
 function envoy_on_response(h)
   local hd = h:headers()
   local status = tonumber(hd:get(":status")) or 0
+  -- A service answering 201 Created sends it as initial metadata (docs/api.md "research"); gRPC has no such code.
+  local created = hd:get("x-llmlab-http-status")
+  if created then
+    hd:remove("x-llmlab-http-status")
+    if status == 200 and (created == "201" or created == "202") then
+      hd:replace(":status", created)
+      status = tonumber(created)
+    end
+  end
   if status < 400 then                      -- successes (SSE included) pass without body access
     local ct = hd:get("content-type")
     if not (ct and find(ct, "^application/grpc")) then   -- gRPC clients need these; REST clients never do

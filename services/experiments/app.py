@@ -10,6 +10,9 @@ from .batch_servicer import BatchExperimentServicer
 from .generation import Peers
 from .models import ModelRegistry
 from .repository import ExperimentRepository
+from .research.peers import Peers as ResearchPeers
+from .research.repository import ResearchRepository
+from .research.servicer import PromptServicer, ResearchExperimentServicer
 from .response_repository import ResponseRepository
 from .responses_servicer import ResponseServicer
 from .servicer import ExperimentServicer
@@ -27,10 +30,14 @@ async def setup(app: ServiceApp) -> None:
     assert isinstance(app.settings, ExperimentsSettings)
     # Runs in progress outlive their callers; on SIGTERM they get the grace period to finish and be stored.
     app.on_stop(lambda: generation.drain(app.settings.shutdown_grace_seconds))
+    research = ResearchRepository(app.db)
+    research_peers = ResearchPeers(app.channel("inference"), app.channel("files"), app.channel("metrics"))
     app.serve_package("llmlab.experiments.v1", {
         "ExperimentService": ExperimentServicer(experiments, models, responses),
         "ResponseService": generation,
         "BatchExperimentService": BatchExperimentServicer(SweepRepository(app.db), peers, app.settings),
+        "ResearchExperimentService": ResearchExperimentServicer(research, research_peers, app.events),
+        "PromptService": PromptServicer(research),
     })
 
 

@@ -1,4 +1,5 @@
-"""Settings of the experiments service and its sweep workers (`LLMLAB_EXPERIMENTS_<NAME>`; docs/sweeps.md)."""
+"""Settings of the experiments service and its workers (`LLMLAB_EXPERIMENTS_<NAME>`; docs/sweeps.md,
+docs/research.md)."""
 
 from __future__ import annotations
 
@@ -22,11 +23,16 @@ class ExperimentsSettings(ServiceSettings):
     sweep_max_deliveries: int = 3
     # Throughput assumed for estimates while the engine has no recent generations to measure (tokens/s).
     sweep_fallback_tokens_per_second: float = 40.0
+    # Research runs (docs/research.md "Runs"): generations one run keeps in flight, and how long a run held by a
+    # silent (killed) worker waits before another worker takes it over.
+    research_run_concurrency: int = 128
+    research_run_claim_idle_ms: int = 30_000
 
     def __post_init__(self) -> None:
         problems = [f"LLMLAB_EXPERIMENTS_{name.upper()} must be positive"
                     for name in ("sweep_max_responses", "sweep_worker_concurrency", "sweep_claim_idle_ms",
-                                 "sweep_max_deliveries", "sweep_fallback_tokens_per_second")
+                                 "sweep_max_deliveries", "sweep_fallback_tokens_per_second",
+                                 "research_run_concurrency", "research_run_claim_idle_ms")
                     if getattr(self, name) <= 0]
         if problems:
             raise SettingsError("invalid llmlab settings:\n  " + "\n  ".join(problems))

@@ -1,6 +1,6 @@
-"""Sweep workers: python -m services.experiments.worker — consume the sweep queues (sweep_jobs.py, docs/sweeps.md)
-with the experiments service's settings and Postgres schema; serve gRPC health on LLMLAB_EXPERIMENTS_WORKER_PORT
-(0: any port)."""
+"""Experiments workers: python -m services.experiments.worker — consume the experiments service's job queues, the
+sweeps (sweep_jobs.py, docs/sweeps.md) and the research runs (research/runner.py, docs/research.md), with its
+settings and Postgres schema; serve gRPC health on LLMLAB_EXPERIMENTS_WORKER_PORT (0: any port)."""
 
 from __future__ import annotations
 
@@ -18,13 +18,14 @@ from llmlab.runtime.server import serve
 
 from .app import SPEC
 from .generation import Peers
+from .research.runner import setup_research_runs
 from .response_repository import ResponseRepository
 from .settings import ExperimentsSettings
 from .sweep_jobs import SweepWorker
 from .sweep_repository import SweepRepository
 
 
-async def setup(app: ServiceApp) -> None:
+async def setup_sweeps(app: ServiceApp) -> None:
     assert app.redis is not None and app.db is not None and app.events is not None
     assert isinstance(app.settings, ExperimentsSettings)
     peers = Peers(app.channel("inference"), app.channel("metrics"), app.events)
@@ -34,6 +35,15 @@ async def setup(app: ServiceApp) -> None:
     await worker.consumer.ensure_groups()
     app.background(worker.consumer.run, "sweep-items")
     app.background(worker.maintain, "sweep-requeue")
+
+
+# One hook per job queue this process consumes.
+HOOKS = (setup_sweeps, setup_research_runs)
+
+
+async def setup(app: ServiceApp) -> None:
+    for hook in HOOKS:
+        await hook(app)
 
 
 WORKER_SPEC = ServiceSpec(

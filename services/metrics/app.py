@@ -6,9 +6,11 @@ import pathlib
 
 from llmlab.runtime import ServiceApp, ServiceSpec
 
-from .evaluation import EvaluationRepository, EvaluationServicer, Evaluator
 from .judge import Judge
+from .model_evaluations import Evaluator, ModelEvaluationRepository, ModelEvaluationServicer
 from .repository import ScoreRepository
+from .run_evaluation_repository import RunEvaluationRepository
+from .run_evaluations import EvaluationServicer, RunEvaluationServicer
 from .servicer import MetricsServicer, ScoringServicer
 from .settings import MetricsSettings
 
@@ -24,8 +26,11 @@ async def setup(app: ServiceApp) -> None:
     app.serve_package("llmlab.metrics.v1", {
         "ScoringService": ScoringServicer(repo, app.events, judge),
         "MetricsService": MetricsServicer(repo),
-        "EvaluationService": EvaluationServicer(EvaluationRepository(app.db), Evaluator(app.channel("inference")),
-                                                app.channel("files")),
+        "EvaluationService": EvaluationServicer(
+            ModelEvaluationServicer(ModelEvaluationRepository(app.db), Evaluator(app.channel("inference")),
+                                    app.channel("files")),
+            RunEvaluationServicer(RunEvaluationRepository(app.db), app.channel("experiments")),
+        ),
     })
 
 

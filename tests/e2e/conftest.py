@@ -76,7 +76,9 @@ async def platform(run_id, database_url, redis_url) -> AsyncIterator[Platform]:
     admin_password, jwt_secret = secrets.token_urlsafe(18), secrets.token_urlsafe(48)
     env.update({"LLMLAB_REDIS_PREFIX": prefix, "LLMLAB_SHUTDOWN_GRACE_SECONDS": "2",
                 "LLMLAB_AUTH_ADMIN_USERNAME": "admin", "LLMLAB_AUTH_ADMIN_PASSWORD": admin_password,
-                "LLMLAB_AUTH_JWT_SECRET": jwt_secret})
+                "LLMLAB_AUTH_JWT_SECRET": jwt_secret,
+                # a killed run worker's run resumes within seconds
+                "LLMLAB_EXPERIMENTS_RESEARCH_RUN_CLAIM_IDLE_MS": "3000"})
     cfg = PlatformConfig(
         database_url=database_url,
         redis_url=redis_url,

@@ -98,7 +98,7 @@ async def test_other_parser_refusals_are_worded_for_people(http):
     assert assert_family_error(r, "research", 404)["message"] == "No endpoint for this method and path"
     r = await http.get("/models", params=[("limit", "1"), ("limit", "2")])
     details = assert_family_error(r, "research", 400)["details"]
-    assert details["field"] == "limit" and details["constraint"] == "must be given once"
+    assert details == {"fields": {"limit": "must be given once"}}  # the research shape (docs/research.md "Errors")
 
 
 async def test_success_responses_carry_no_internal_headers(http):

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RUNTIME_DIRS = ("services", "libs", "gateway", "scripts")
 # Folders of developer code: runtime or `dev` dependencies.
 DEV_DIRS = ("tests", "bench")
-FIRST_PARTY = {"llmlab", "services", "gateway", "scripts", "bench", "tests"}
+FIRST_PARTY = {"llmlab", "services", "gateway", "scripts", "bench", "tests", "llm_research_lab"}  # sdks/python
 # Where modules get their import names: libs/ is on sys.path itself, the other folders hang off the root.
 IMPORT_ROOTS = {"libs": ROOT / "libs"}
 

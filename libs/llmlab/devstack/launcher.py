@@ -102,7 +102,7 @@ def render_gateway(cfg: PlatformConfig) -> Path:
 # Each consumes a job queue of its service (the module's docstring says which); one line per worker type.
 WORKERS: dict[str, tuple[str, str]] = {
     "files-worker": ("services.files.worker", "LLMLAB_FILES_WORKER_PORT"),  # export jobs (docs/files.md)
-    "experiments-worker": ("services.experiments.worker", "LLMLAB_EXPERIMENTS_WORKER_PORT"),  # sweeps (docs/sweeps.md)
+    "experiments-worker": ("services.experiments.worker", "LLMLAB_EXPERIMENTS_WORKER_PORT"),  # sweeps, research runs
     "training-worker": ("services.inference.training.worker", "LLMLAB_TRAINING_WORKER_PORT"),  # docs/training.md
     "inference-worker": ("services.inference.worker", "LLMLAB_INFERENCE_WORKER_PORT"),  # batches (docs/batches.md)
 }

@@ -14,7 +14,7 @@ from typing import Any
 
 from google.protobuf import descriptor_pb2
 
-from llmlab.runtime.httprules import PUBLIC_RPCS, Binding, family, file_set_bindings
+from llmlab.runtime.httprules import CREATED_RPCS, PUBLIC_RPCS, Binding, family, file_set_bindings
 
 from .schemas import QUERY_WELL_KNOWN, WELL_KNOWN, F, Registry, ref
 from .shapes import (
@@ -177,7 +177,10 @@ class DocumentBuilder:
         body = self._request_body(binding, method.input_type, bound)
         if body is not None:
             op["requestBody"] = body
-        op["responses"] = {"200": self._success(binding, method), "4XX": _error_response(fam),
+        success = self._success(binding, method)
+        if binding.rpc in CREATED_RPCS:
+            success = {**success, "description": "Created"}
+        op["responses"] = {"201" if binding.rpc in CREATED_RPCS else "200": success, "4XX": _error_response(fam),
                            "5XX": _error_response(fam)}
         if binding.rpc in PUBLIC_RPCS:
             op["security"] = []

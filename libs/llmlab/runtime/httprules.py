@@ -34,6 +34,17 @@ PUBLIC_RPCS = frozenset({
 })
 
 
+# RPCs that answer 201 Created (docs/research.md "Errors"): gRPC has no such status, so the servicer sends
+# CREATED_METADATA as initial metadata and gateway/errors.lua turns it into the HTTP status; the OpenAPI document
+# documents 201 for them.
+CREATED_RPCS = frozenset({
+    "/llmlab.experiments.v1.ResearchExperimentService/CreateResearchExperiment",
+    "/llmlab.experiments.v1.ResearchExperimentService/CreateExperimentRun",
+    "/llmlab.experiments.v1.PromptService/CreatePrompt",
+    "/llmlab.metrics.v1.EvaluationService/CreateEvaluation",
+})
+CREATED_METADATA = (("x-llmlab-http-status", "201"),)
+
 # The API family of a request path, first match wins; anything else is the research family. A prefix ending in
 # "/" also matches the path without it ("/api/v1"). gateway/errors.lua's family_of says the same in Lua (the
 # Lua filter cannot import this), and render.py hands this table to Envoy for its own early replies.

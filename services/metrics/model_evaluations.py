@@ -29,7 +29,6 @@ from llmlab.chat_jsonl import parse_examples, read_file
 from llmlab.inference.v1 import inference_service_pb2 as inf
 from llmlab.inference.v1 import inference_service_pb2_grpc as inf_grpc
 from llmlab.metrics.v1 import evaluation_service_pb2 as pb
-from llmlab.metrics.v1 import evaluation_service_pb2_grpc as pb_grpc
 from llmlab.runtime import Internal, NotFound, Unavailable, validation_error
 from llmlab.runtime.envelope import iso, meta, pagination
 from llmlab.runtime.errors import excerpt
@@ -106,7 +105,7 @@ class Evaluator:
                 "response_diversity": r.response_diversity, "avg_response_length": r.avg_response_length}
 
 
-class EvaluationRepository:
+class ModelEvaluationRepository:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
 
@@ -131,10 +130,10 @@ def _round(v: float | None) -> float | None:
     return round(v, 4) if v is not None else None
 
 
-class EvaluationServicer(pb_grpc.EvaluationServiceServicer):
+class ModelEvaluationServicer:
     """The model-evaluation RPCs; the research family's run evaluations stay the base class's (501)."""
 
-    def __init__(self, repo: EvaluationRepository, evaluator: Evaluator, files: grpc.aio.Channel) -> None:
+    def __init__(self, repo: ModelEvaluationRepository, evaluator: Evaluator, files: grpc.aio.Channel) -> None:
         self._repo, self._evaluator, self._files = repo, evaluator, files
 
     async def EvaluateModel(self, request: pb.EvaluateModelRequest, context: Any) -> pb.EvaluateModelResponse:
