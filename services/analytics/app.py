@@ -1,15 +1,31 @@
-"""Wiring of the analytics service: the ops endpoints now, analytics endpoints UNIMPLEMENTED until their issue."""
+"""Wiring of the analytics service: the read model's consumers, the analytics, usage and ops servicers."""
 
 from __future__ import annotations
 
+import pathlib
+
 from llmlab.runtime import ServiceApp, ServiceSpec
 
+from .consumer import ConsumerMetrics, start_consumers
 from .ops import OpsServicer
+from .projector import Applied, Projector
+from .settings import AnalyticsSettings
 
 
 async def setup(app: ServiceApp) -> None:
+    assert app.db is not None
+    projector = Projector(app.db)
+
+    async def on_applied(applied: Applied) -> None:
+        return None
+
+    start_consumers(app, projector, on_applied, ConsumerMetrics(app.metrics.registry))
     app.serve_package("llmlab.analytics.v1", {"OpsService": OpsServicer(app)})
 
 
-# No storage yet: no migrations and no Postgres pool; Redis is kept for the ops probes.
-SPEC = ServiceSpec(name="analytics", setup=setup)
+SPEC = ServiceSpec(
+    name="analytics",
+    setup=setup,
+    settings_cls=AnalyticsSettings,
+    migrations=pathlib.Path(__file__).parent / "migrations",
+)

@@ -24,7 +24,7 @@ async def setup(app: ServiceApp) -> None:
     # Runs in progress outlive their callers; on SIGTERM they get the grace period to finish and be stored.
     app.on_stop(lambda: generation.drain(app.settings.shutdown_grace_seconds))
     app.serve_package("llmlab.experiments.v1", {
-        "ExperimentService": ExperimentServicer(experiments, models, responses),
+        "ExperimentService": ExperimentServicer(experiments, models, responses, app.events),
         "ResponseService": generation,
     })
 
