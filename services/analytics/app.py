@@ -8,7 +8,10 @@ from llmlab.runtime import ServiceApp, ServiceSpec
 
 from .consumer import ConsumerMetrics, start_consumers
 from .ops import OpsServicer
+from .platform import PlatformStats
 from .projector import Applied, Projector
+from .repository import AnalyticsRepository
+from .servicer import AnalyticsServicer
 from .settings import AnalyticsSettings
 
 
@@ -20,7 +23,11 @@ async def setup(app: ServiceApp) -> None:
         return None
 
     start_consumers(app, projector, on_applied, ConsumerMetrics(app.metrics.registry))
-    app.serve_package("llmlab.analytics.v1", {"OpsService": OpsServicer(app)})
+    repo = AnalyticsRepository(app.db)
+    app.serve_package("llmlab.analytics.v1", {
+        "OpsService": OpsServicer(app),
+        "AnalyticsService": AnalyticsServicer(repo, PlatformStats(repo, app.channel("inference"))),
+    })
 
 
 SPEC = ServiceSpec(

@@ -18,7 +18,10 @@ PARAMETERS = ("temperature", "top_p", "max_tokens", "frequency_penalty", "presen
 DIMENSIONS = ("coherence", "completeness", "readability", "creativity", "specificity", "length_appropriateness")
 METRICS = ("overall_quality", *DIMENSIONS)
 # Pearson pairs kept as sufficient statistics: every parameter with every metric, and every metric pair once.
-PARAMETER_PAIRS = tuple((p, m) for p in PARAMETERS for m in METRICS)
+# cost and response_time_ms (per response) are paired with the parameters too: the cost and speed objectives'
+# sensitivities (docs/analytics.md).
+OUTCOMES = ("cost", "response_time_ms")
+PARAMETER_PAIRS = tuple((p, m) for p in PARAMETERS for m in (*METRICS, *OUTCOMES))
 METRIC_PAIRS = tuple((a, b) for i, a in enumerate(METRICS) for b in METRICS[i + 1:])
 PAIRS = PARAMETER_PAIRS + METRIC_PAIRS
 BUCKET_STEP = 0.05  # float parameters are bucketed to the nearest 0.05; max_tokens is kept exact
@@ -134,9 +137,10 @@ def _quality(fact: Fact, metrics: dict[str, float], sign: float, d: Deltas) -> N
             crow[5] += sign * q * q
             crow[6] += sign * metrics.get("creativity", 0.0)
     params = fact.parameters or {}
+    ys = {**metrics, "cost": fact.cost, "response_time_ms": fact.response_time_ms}
     for x, y in PAIRS:
         xv = _number(params.get(x)) if x in PARAMETERS else metrics.get(x)
-        yv = metrics.get(y)
+        yv = ys.get(y)
         if xv is None or yv is None:
             continue
         s = d.daily_pairs[(day, fact.model, fact.experiment_type, x, y)]
