@@ -13,6 +13,8 @@ from .projector import Applied, Projector
 from .repository import AnalyticsRepository
 from .servicer import AnalyticsServicer
 from .settings import AnalyticsSettings
+from .usage_repository import UsageRepository
+from .usage_servicer import UsageServicer
 
 
 async def setup(app: ServiceApp) -> None:
@@ -24,9 +26,11 @@ async def setup(app: ServiceApp) -> None:
 
     start_consumers(app, projector, on_applied, ConsumerMetrics(app.metrics.registry))
     repo = AnalyticsRepository(app.db)
+    platform = PlatformStats(repo, app.channel("inference"))
     app.serve_package("llmlab.analytics.v1", {
         "OpsService": OpsServicer(app),
-        "AnalyticsService": AnalyticsServicer(repo, PlatformStats(repo, app.channel("inference"))),
+        "AnalyticsService": AnalyticsServicer(repo, platform),
+        "UsageService": UsageServicer(UsageRepository(app.db), app.channel("auth")),
     })
 
 

@@ -120,8 +120,9 @@ class AnalyticsRepository:
         params = ", ".join(PARAMETERS)
         model = "model" if per_model else "''::text"
         rows = await self._pool.fetch(
-            f"""SELECT {model} AS model, {params}, sum(responses)::bigint responses, sum(cost) cost, sum(time_ms) time_ms,
-                       sum(scored)::bigint scored, sum(quality_sum) quality_sum, sum(quality_sq) quality_sq,
+            f"""SELECT {model} AS model, {params}, sum(responses)::bigint responses, sum(cost) cost,
+                       sum(time_ms) time_ms, sum(scored)::bigint scored, sum(quality_sum) quality_sum,
+                       sum(quality_sq) quality_sq,
                        sum(creativity_sum) creativity_sum
                 FROM daily_combos WHERE day BETWEEN $1 AND $2 AND {_FILTER}
                 GROUP BY {model}, {params} HAVING sum(scored) > 0""", *scope.args())
