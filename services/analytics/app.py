@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pathlib
 
+import structlog
+
 from llmlab.runtime import ServiceApp, ServiceSpec
 
 from .consumer import ConsumerMetrics, start_consumers
@@ -15,14 +17,26 @@ from .servicer import AnalyticsServicer
 from .settings import AnalyticsSettings
 from .usage_repository import UsageRepository
 from .usage_servicer import UsageServicer
+from .webhooks.delivery import GROUP, Deliverer
+from .webhooks.repository import WebhookRepository
+from .webhooks.servicer import WebhookServicer
+
+log = structlog.get_logger(__name__)
 
 
 async def setup(app: ServiceApp) -> None:
     assert app.db is not None
+    settings = app.settings
+    assert isinstance(settings, AnalyticsSettings)
     projector = Projector(app.db)
+    webhooks = WebhookRepository(app.db)
+    deliverer = Deliverer(app, webhooks)
 
     async def on_applied(applied: Applied) -> None:
-        return None
+        try:
+            await deliverer.check_limits(applied.messages)
+        except Exception:  # the usage is applied; the next usage event of the user checks the limit again
+            log.exception("usage limit check failed")
 
     start_consumers(app, projector, on_applied, ConsumerMetrics(app.metrics.registry))
     repo = AnalyticsRepository(app.db)
@@ -31,7 +45,10 @@ async def setup(app: ServiceApp) -> None:
         "OpsService": OpsServicer(app),
         "AnalyticsService": AnalyticsServicer(repo, platform),
         "UsageService": UsageServicer(UsageRepository(app.db), app.channel("auth")),
+        "WebhookService": WebhookServicer(webhooks, settings),
     })
+    app.background(deliverer.schedule, "webhook-scheduler")
+    app.background(deliverer.consumer.run, f"{GROUP}-worker")
 
 
 SPEC = ServiceSpec(

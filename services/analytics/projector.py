@@ -11,6 +11,7 @@ import asyncpg
 from llmlab.runtime.streams import StreamMessage
 
 from . import readmodel as rm
+from .webhooks.delivery import fan_out_events
 
 # Held shared by every batch and exclusively by a rebuild, so that no batch lands while the model is rebuilt.
 REBUILD_LOCK = "llmlab.analytics.rebuild"
@@ -94,6 +95,7 @@ async def apply_batch(conn: asyncpg.Connection, stream: str, messages: Sequence[
         else:
             rm.job_event(t, m.data, when, d)
     await _write(conn, facts, d)
+    await fan_out_events(conn, stream, todo)
     return Applied([(stream, m) for m in todo])
 
 

@@ -62,9 +62,9 @@ async def publish(app, events) -> None:
         await pub.publish(stream, etype, data)
 
 
-async def wait_applied(pool: asyncpg.Pool, count: int, timeout: float = 20.0) -> None:
+async def wait_applied(pool: asyncpg.Pool, count: int, within: float = 20.0) -> None:
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while await pool.fetchval("SELECT count(*) FROM processed_events") < count:
         assert loop.time() < deadline, "the consumer did not apply the events in time"
         await asyncio.sleep(0.1)
@@ -94,7 +94,7 @@ async def test_events_become_rollups_once_and_a_rebuild_reproduces_them(analytic
     pair = await pool.fetchrow("SELECT sum(n) n, sum(sxy) sxy FROM daily_pairs "
                                "WHERE x = 'temperature' AND y = 'overall_quality'")
     temps = [e[2]["parameters"]["temperature"] for e in events if e[1] == "response.created"]
-    assert pair["n"] == 10 and pair["sxy"] == pytest.approx(sum(t * q for t, q in zip(temps, qualities)))
+    assert pair["n"] == 10 and pair["sxy"] == pytest.approx(sum(t * q for t, q in zip(temps, qualities, strict=True)))
     usage = await pool.fetchrow("SELECT sum(requests) r, sum(completion_tokens) c FROM usage_hourly "
                                 "WHERE user_id = 'u1' AND key_id = 'k1'")
     assert (usage["r"], usage["c"]) == (10, sum(20 + i for i in range(10)))
