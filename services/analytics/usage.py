@@ -7,8 +7,9 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from llmlab.runtime import PermissionDenied, validation_error
+from llmlab.runtime import PermissionDenied
 from llmlab.runtime.context import ADMIN, Principal
+from llmlab.runtime.errors import serving_validation_error as invalid
 
 from . import stats
 from .usage_repository import UsageRepository
@@ -34,7 +35,7 @@ def _date(field: str, raw: str) -> dt.date:
     try:
         return dt.date.fromisoformat(raw)
     except ValueError:
-        raise validation_error(field, raw, "must be a date YYYY-MM-DD") from None
+        raise invalid(field, raw, "must be a date YYYY-MM-DD") from None
 
 
 @dataclass(frozen=True)
@@ -47,11 +48,11 @@ class Range:
     def parse(cls, start: str, end: str, granularity: str, today: dt.date) -> Range:
         granularity = granularity or "day"
         if granularity not in GRANULARITIES:
-            raise validation_error("granularity", granularity, "must be day or hour")
+            raise invalid("granularity", granularity, "must be day or hour")
         e = _date("end_date", end) if end else today
         s = _date("start_date", start) if start else e - dt.timedelta(days=DEFAULT_DAYS - 1)
         if e < s:
-            raise validation_error("end_date", end, "must not be before start_date")
+            raise invalid("end_date", end, "must not be before start_date")
         return cls(s, e, granularity)
 
     @property

@@ -77,6 +77,8 @@ async def platform(run_id, database_url, redis_url) -> AsyncIterator[Platform]:
     env.update({"LLMLAB_REDIS_PREFIX": prefix, "LLMLAB_SHUTDOWN_GRACE_SECONDS": "2",
                 "LLMLAB_AUTH_ADMIN_USERNAME": "admin", "LLMLAB_AUTH_ADMIN_PASSWORD": admin_password,
                 "LLMLAB_AUTH_JWT_SECRET": jwt_secret})
+    # The webhook tests' receiver listens on 127.0.0.1 and fails once: allow loopback targets, retry quickly.
+    env.update({"LLMLAB_ANALYTICS_WEBHOOK_ALLOW_PRIVATE": "true", "LLMLAB_ANALYTICS_WEBHOOK_BACKOFF_SECONDS": "0.5"})
     cfg = PlatformConfig(
         database_url=database_url,
         redis_url=redis_url,

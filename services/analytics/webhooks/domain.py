@@ -13,7 +13,7 @@ import socket
 from typing import Any
 from urllib.parse import urlsplit
 
-from llmlab.runtime import validation_error
+from llmlab.runtime.errors import serving_validation_error as invalid
 
 EVENTS = ("batch.completed", "batch.failed", "fine_tuning.job.completed", "fine_tuning.job.failed",
           "usage.limit.reached")
@@ -56,18 +56,18 @@ def backoff(attempts: int, base: float) -> float:
 
 def check_events(events: list[str]) -> list[str]:
     if not events:
-        raise validation_error("events", events, f"must name at least one of {', '.join(EVENTS)}")
+        raise invalid("events", events, f"must name at least one of {', '.join(EVENTS)}")
     for e in events:
         if e not in EVENTS:
-            raise validation_error("events", e, f"must be one of {', '.join(EVENTS)}")
+            raise invalid("events", e, f"must be one of {', '.join(EVENTS)}")
     return list(dict.fromkeys(events))
 
 
 def check_secret(secret: str) -> str:
     if not secret:
-        raise validation_error("secret", secret, "is required (e.g. whsec_ followed by base64 of random bytes)")
+        raise invalid("secret", secret, "is required (e.g. whsec_ followed by base64 of random bytes)")
     if len(secret) > MAX_SECRET:
-        raise validation_error("secret", "...", f"must be at most {MAX_SECRET} characters")
+        raise invalid("secret", "...", f"must be at most {MAX_SECRET} characters")
     return secret
 
 
@@ -90,24 +90,24 @@ async def check_url(url: str, *, require_https: bool, allow_private: bool) -> st
     """An absolute http(s) URL whose host resolves only to public addresses (unless private ones are allowed).
     Checked at registration and again before every attempt, so a DNS change cannot point it inward later."""
     if len(url) > MAX_URL:
-        raise validation_error("url", url, f"must be at most {MAX_URL} characters")
+        raise invalid("url", url, f"must be at most {MAX_URL} characters")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise validation_error("url", url, "must be an absolute http or https URL")
+        raise invalid("url", url, "must be an absolute http or https URL")
     if require_https and parts.scheme != "https":
-        raise validation_error("url", url, "must use https")
+        raise invalid("url", url, "must use https")
     if parts.username or parts.password:
-        raise validation_error("url", url, "must not carry credentials")
+        raise invalid("url", url, "must not carry credentials")
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
-        raise validation_error("url", url, "has an invalid port") from None
+        raise invalid("url", url, "has an invalid port") from None
     if not allow_private:
         try:
             addresses = await resolve(parts.hostname, port)
         except OSError:
-            raise validation_error("url", url, "host does not resolve") from None
+            raise invalid("url", url, "host does not resolve") from None
         for a in addresses:
             if not _public(ipaddress.ip_address(a.split("%")[0])):
-                raise validation_error("url", url, "must not point to a private, loopback or link-local address")
+                raise invalid("url", url, "must not point to a private, loopback or link-local address")
     return url

@@ -6,8 +6,9 @@ from typing import Any
 
 from llmlab.analytics.v1 import webhook_service_pb2 as pb
 from llmlab.analytics.v1 import webhook_service_pb2_grpc as pb_grpc
-from llmlab.runtime import NotFound, Unauthenticated, validation_error
+from llmlab.runtime import NotFound, Unauthenticated
 from llmlab.runtime.context import current_principal
+from llmlab.runtime.errors import serving_validation_error
 
 from ..settings import AnalyticsSettings
 from . import domain
@@ -67,7 +68,7 @@ class WebhookServicer(pb_grpc.WebhookServiceServicer):
     ) -> pb.ListWebhookDeliveriesResponse:
         limit = request.limit if request.HasField("limit") else 20
         if not 1 <= limit <= MAX_DELIVERIES:
-            raise validation_error("limit", limit, f"must be between 1 and {MAX_DELIVERIES}")
+            raise serving_validation_error("limit", limit, f"must be between 1 and {MAX_DELIVERIES}")
         if await self._repo.get(_caller(), request.webhook_id) is None:
             raise _not_found(request.webhook_id)
         rows = await self._repo.deliveries(request.webhook_id, limit)
