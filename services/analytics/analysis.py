@@ -155,7 +155,7 @@ async def dashboard(repo: AnalyticsRepository, period: Period, models: list[str]
     activity = [{"type": r["type"], "experiment_id": r["experiment_id"], "name": r["name"], "quality": r["quality"],
                  "timestamp": r["at"]} for r in await repo.recent_activity(scope)]
     return Dashboard(overview, quality_trends, performance,
-                     optimal_ranges(await repo.combos(scope, per_model=False)), correlations, activity)
+                     optimal_ranges(await repo.combos(scope)), correlations, activity)
 
 
 @dataclass
@@ -191,7 +191,7 @@ def insights(params: list[tuple[str, str, Correlation]], metrics: list[tuple[str
 
 
 async def correlations(repo: AnalyticsRepository) -> CorrelationReport:
-    pairs = await repo.pairs(Scope())
+    pairs = await repo.pair_totals(None)
     params, metrics = parameter_correlations(pairs), metric_correlations(pairs)
     scored = int(max((s.n for (x, y), s in pairs.items() if y == "overall_quality"), default=0))
     return CorrelationReport(

@@ -1,18 +1,16 @@
-"""Parameter optimisation: a Gaussian process fitted to the tested parameter buckets, the sensitivity of each
+"""Parameter optimisation: a response surface fitted to the tested parameter buckets, the sensitivity of each
 parameter, and the quality/cost/speed Pareto frontier (docs/analytics.md "Optimisation")."""
 
 from __future__ import annotations
 
 import json
 import math
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.gaussian_process import GaussianProcessRegressor
-from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
+from sklearn.linear_model import LinearRegression
+from sklearn.preprocessing import PolynomialFeatures
 
 from llmlab.runtime import validation_error
 
@@ -119,39 +117,44 @@ def _features(combos: list[Combo]) -> np.ndarray:
     return np.array([[c.parameters[p] for p in PARAMETERS] for c in combos], dtype=float)
 
 
+def _design(xs: np.ndarray, n_buckets: int) -> np.ndarray:
+    """Quadratic terms when the buckets leave degrees of freedom for them, else linear ones."""
+    for degree in (2, 1):
+        phi = PolynomialFeatures(degree, include_bias=True).fit_transform(xs)
+        if n_buckets - phi.shape[1] >= 1:
+            return phi
+    return phi
+
+
 def fit_and_rank(combos: list[Combo], objective: str) -> list[Recommendation]:
-    """Fit a GP (constant x RBF + white noise, on standardised parameters) to the buckets' mean objective, each
-    bucket's noise shrinking with its number of scored responses; rank the tested buckets by the posterior mean.
-    confidence = 1 - posterior sd / sd of the observed means (0..1): high where the data pin the surface down."""
+    """Fit a weighted least-squares response surface (quadratic in the standardised parameters that vary, scikit-
+    learn's LinearRegression with each bucket weighted by its scored responses, since a bucket mean of n responses
+    has variance sigma^2/n) and rank the tested buckets by the fitted objective.
+
+    confidence = 1 - se(fit) / sd(bucket means), clipped to 0..1, where se(fit)^2 = s^2 phi' (Phi' W Phi)^-1 phi and
+    s^2 = sum(w r^2) / (buckets - terms): high where many consistent observations pin the surface down, 0 when the
+    fit has no residual degrees of freedom to judge it by."""
     _, attr, larger, _ = OBJECTIVES[objective]
     x = _features(combos)
     y = np.array([getattr(c, attr) for c in combos], dtype=float)
-    scale = float(y.std())
+    w = np.array([c.scored for c in combos], dtype=float)
     varying = x.std(axis=0) > 0  # a parameter held constant carries no information for the surface
-    x = x[:, varying] if varying.any() else x[:, :1]
-    xs = (x - x.mean(axis=0)) / np.where(x.std(axis=0) > 0, x.std(axis=0), 1.0)
-    if scale == 0:
-        pred, post = y, np.zeros_like(y)
+    x = x[:, varying] if varying.any() else x[:, :0]
+    xs = (x - x.mean(axis=0)) / np.where(x.std(axis=0) > 0, x.std(axis=0), 1.0) if x.shape[1] else x
+    phi = _design(xs, len(combos)) if x.shape[1] else np.ones((len(combos), 1))
+    model = LinearRegression(fit_intercept=False).fit(phi, y, sample_weight=w)
+    pred = model.predict(phi)
+    dof = len(combos) - phi.shape[1]
+    spread = math.sqrt(float(np.average((y - np.average(y, weights=w)) ** 2, weights=w)))
+    if dof >= 1 and spread > 0:
+        s2 = float(np.sum(w * (y - pred) ** 2)) / dof
+        cov = np.linalg.pinv(phi.T @ (phi * w[:, None]))
+        se = np.sqrt(np.maximum(0.0, np.einsum("ij,jk,ik->i", phi, cov, phi) * s2))
+        conf = np.clip(1.0 - se / spread, 0.0, 1.0)
     else:
-        ys = (y - y.mean()) / scale
-        weights = np.array([c.scored for c in combos], dtype=float)
-        kernel = ConstantKernel(1.0, (1e-2, 1e2)) * RBF(np.ones(x.shape[1]), (1e-2, 1e2)) + WhiteKernel(
-            0.1, (1e-5, 1e1))
-        gp = GaussianProcessRegressor(kernel, alpha=1.0 / weights, normalize_y=False, random_state=0)
-        with warnings.catch_warnings():
-            # A noise level at its bound means the buckets' means are fitted almost exactly: expected, not an error.
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            gp.fit(xs, ys)
-        m, s = gp.predict(xs, return_std=True)
-        pred, post = m * scale + y.mean(), s * scale
-    order = np.argsort(-pred if larger else pred, kind="stable")
-    out = []
-    for i in order[:RECOMMENDATIONS]:
-        conf = 0.0 if scale == 0 else max(0.0, min(1.0, 1.0 - float(post[i]) / scale))
-        if scale == 0:
-            conf = min(1.0, combos[i].scored / (combos[i].scored + 10))
-        out.append(Recommendation(combos[i], float(pred[i]), round(conf, 3)))
-    return out
+        conf = np.zeros(len(combos))
+    order = np.lexsort((-w, -pred if larger else pred))  # ties: the better-observed bucket first
+    return [Recommendation(combos[i], float(pred[i]), round(float(conf[i]), 3)) for i in order[:RECOMMENDATIONS]]
 
 
 def sensitivity(pairs: dict[tuple[str, str], Sums], combos: list[Combo], objective: str) -> dict[str, dict[str, Any]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -139,10 +140,32 @@ async def _write(conn: asyncpg.Connection, facts: dict[int, rm.Fact], d: rm.Delt
                    quality_sq = t.quality_sq + EXCLUDED.quality_sq,
                    creativity_sum = t.creativity_sum + EXCLUDED.creativity_sum""",
             [(*k, int(v[0]), v[1], v[2], int(v[3]), v[4], v[5], v[6]) for k, v in sorted(d.daily_combos.items())])
+    totals: dict[tuple, list[float]] = defaultdict(lambda: [0.0] * 8)
+    for (_day, model, _type, *combo), v in d.daily_combos.items():
+        t = totals[(model, *combo)]
+        for i in range(7):
+            t[i] += v[i]
     if d.combo_experiments:
+        cols = list(zip(*sorted(d.combo_experiments), strict=True))
+        new = await conn.fetch(
+            """INSERT INTO combo_experiments SELECT * FROM unnest($1::text[], $2::float8[], $3::float8[],
+                   $4::int[], $5::float8[], $6::float8[], $7::bigint[]) ON CONFLICT DO NOTHING
+               RETURNING model, temperature, top_p, max_tokens, frequency_penalty, presence_penalty""",
+            *[list(c) for c in cols])
+        for r in new:
+            totals[tuple(r.values())][7] += 1
+    if totals:
         await conn.executemany(
-            "INSERT INTO combo_experiments VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
-            sorted(d.combo_experiments))
+            """INSERT INTO combo_totals AS t (model, temperature, top_p, max_tokens, frequency_penalty,
+                   presence_penalty, responses, cost, time_ms, scored, quality_sum, quality_sq, creativity_sum,
+                   experiments) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+               ON CONFLICT (model, temperature, top_p, max_tokens, frequency_penalty, presence_penalty) DO UPDATE
+               SET responses = t.responses + EXCLUDED.responses, cost = t.cost + EXCLUDED.cost,
+                   time_ms = t.time_ms + EXCLUDED.time_ms, scored = t.scored + EXCLUDED.scored,
+                   quality_sum = t.quality_sum + EXCLUDED.quality_sum, quality_sq = t.quality_sq + EXCLUDED.quality_sq,
+                   creativity_sum = t.creativity_sum + EXCLUDED.creativity_sum,
+                   experiments = t.experiments + EXCLUDED.experiments""",
+            [(*k, int(v[0]), v[1], v[2], int(v[3]), v[4], v[5], v[6], int(v[7])) for k, v in sorted(totals.items())])
     if d.daily_pairs:
         await conn.executemany(
             """INSERT INTO daily_pairs AS t (day, model, experiment_type, x, y, n, sx, sy, sxx, syy, sxy)
@@ -151,6 +174,18 @@ async def _write(conn: asyncpg.Connection, facts: dict[int, rm.Fact], d: rm.Delt
                    sx = t.sx + EXCLUDED.sx, sy = t.sy + EXCLUDED.sy, sxx = t.sxx + EXCLUDED.sxx,
                    syy = t.syy + EXCLUDED.syy, sxy = t.sxy + EXCLUDED.sxy""",
             [(*k, int(v[0]), *v[1:]) for k, v in sorted(d.daily_pairs.items())])
+        pairs: dict[tuple, list[float]] = defaultdict(lambda: [0.0] * 6)
+        for (_day, model, _type, x, y), v in d.daily_pairs.items():
+            t = pairs[(model, x, y)]
+            for i in range(6):
+                t[i] += v[i]
+        await conn.executemany(
+            """INSERT INTO pair_totals AS t (model, x, y, n, sx, sy, sxx, syy, sxy)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+               ON CONFLICT (model, x, y) DO UPDATE SET n = t.n + EXCLUDED.n, sx = t.sx + EXCLUDED.sx,
+                   sy = t.sy + EXCLUDED.sy, sxx = t.sxx + EXCLUDED.sxx, syy = t.syy + EXCLUDED.syy,
+                   sxy = t.sxy + EXCLUDED.sxy""",
+            [(*k, int(v[0]), *v[1:]) for k, v in sorted(pairs.items())])
     if d.usage_hourly:
         await conn.executemany(
             """INSERT INTO usage_hourly AS t (hour, user_id, key_id, model, requests, prompt_tokens,

@@ -26,7 +26,7 @@ from .settings import AnalyticsSettings
 
 TABLES = ("processed_events", "responses", "experiments", "activity", "daily_model", "daily_experiments",
           "daily_combos", "combo_experiments", "daily_pairs", "usage_hourly", "usage_latency", "failure_minutes",
-          "jobs")
+          "jobs", "combo_totals", "pair_totals")
 PAGE = 2000
 
 

@@ -115,28 +115,36 @@ class AnalyticsRepository:
                 SELECT m.*, coalesce(e.experiments, 0) experiments FROM m LEFT JOIN e USING (model)""",
             *scope.args())
 
-    async def combos(self, scope: Scope, *, per_model: bool) -> list[Combo]:
-        """Parameter buckets with at least one scored response; per model, or pooled over the models in scope."""
+    async def combos(self, scope: Scope) -> list[Combo]:
+        """The period's parameter buckets with at least one scored response, pooled over the models in scope."""
         params = ", ".join(PARAMETERS)
-        model = "model" if per_model else "''::text"
         rows = await self._pool.fetch(
-            f"""SELECT {model} AS model, {params}, sum(responses)::bigint responses, sum(cost) cost,
+            f"""SELECT ''::text AS model, {params}, sum(responses)::bigint responses, sum(cost) cost,
                        sum(time_ms) time_ms, sum(scored)::bigint scored, sum(quality_sum) quality_sum,
                        sum(quality_sq) quality_sq,
                        sum(creativity_sum) creativity_sum
                 FROM daily_combos WHERE day BETWEEN $1 AND $2 AND {_FILTER}
-                GROUP BY {model}, {params} HAVING sum(scored) > 0""", *scope.args())
-        experiments: dict[tuple, int] = {}
-        if per_model and rows:
-            counted = await self._pool.fetch(
-                f"""SELECT model, {params}, count(*) n FROM combo_experiments
-                    WHERE ($1::text[] IS NULL OR model = ANY($1)) GROUP BY model, {params}""", scope.models or None)
-            experiments = {tuple(r[k] for k in ("model", *PARAMETERS)): r["n"] for r in counted}
+                GROUP BY {params} HAVING sum(scored) > 0""", *scope.args())
         return [Combo(
             model=r["model"], parameters={p: r[p] for p in PARAMETERS}, responses=r["responses"], cost=r["cost"],
             time_ms=r["time_ms"], scored=r["scored"], quality_sum=r["quality_sum"], quality_sq=r["quality_sq"],
-            creativity_sum=r["creativity_sum"],
-            experiments=experiments.get(tuple(r[k] for k in ("model", *PARAMETERS)), 0)) for r in rows]
+            creativity_sum=r["creativity_sum"]) for r in rows]
+
+    async def combo_totals(self, models: list[str] | None) -> list[Combo]:
+        """All-time parameter buckets per model with at least one scored response (optimisation)."""
+        rows = await self._pool.fetch(
+            "SELECT * FROM combo_totals WHERE scored > 0 AND ($1::text[] IS NULL OR model = ANY($1))", models)
+        return [Combo(
+            model=r["model"], parameters={p: r[p] for p in PARAMETERS}, responses=r["responses"], cost=r["cost"],
+            time_ms=r["time_ms"], scored=r["scored"], quality_sum=r["quality_sum"], quality_sq=r["quality_sq"],
+            creativity_sum=r["creativity_sum"], experiments=r["experiments"]) for r in rows]
+
+    async def pair_totals(self, models: list[str] | None) -> dict[tuple[str, str], Sums]:
+        """All-time Pearson sums per (x, y), over the given models or all."""
+        rows = await self._pool.fetch(
+            """SELECT x, y, sum(n)::float8 n, sum(sx) sx, sum(sy) sy, sum(sxx) sxx, sum(syy) syy, sum(sxy) sxy
+               FROM pair_totals WHERE $1::text[] IS NULL OR model = ANY($1) GROUP BY x, y""", models)
+        return {(r["x"], r["y"]): Sums(r["n"], r["sx"], r["sy"], r["sxx"], r["syy"], r["sxy"]) for r in rows}
 
     async def pairs(self, scope: Scope) -> dict[tuple[str, str], Sums]:
         rows = await self._pool.fetch(

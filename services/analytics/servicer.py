@@ -11,7 +11,7 @@ from llmlab.runtime.envelope import iso, meta, utcnow
 
 from . import analysis, optimize
 from .platform import PlatformStats
-from .repository import AnalyticsRepository, Combo, Scope
+from .repository import AnalyticsRepository, Combo
 
 
 def _params(p: dict[str, float]) -> pb.SamplingParameters:
@@ -56,8 +56,8 @@ class AnalyticsServicer(pb_grpc.AnalyticsServiceServicer):
         models = [constraints.model] if constraints.model else None
         if constraints.model and not await self._platform.model_exists(constraints.model):
             raise self._platform.unknown_model(constraints.model)
-        combos = await self._repo.combos(Scope(models=models), per_model=True)
-        pairs = await self._repo.pairs(Scope(models=models))
+        combos = await self._repo.combo_totals(models)
+        pairs = await self._repo.pair_totals(models)
         ins = await asyncio.to_thread(optimize.insights, combos, pairs, objective, constraints)
         name = optimize.OBJECTIVES[objective][0]
         data = pb.OptimizationInsightsData(

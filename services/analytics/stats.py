@@ -82,17 +82,28 @@ P = TypeVar("P")
 
 
 def pareto_frontier(points: Sequence[P], key: Callable[[P], tuple[float, float, float]]) -> list[P]:
-    """The points no other point dominates over (quality ↑, cost ↓, latency ↓): q ≥, c ≤, l ≤ and one strictly.
-    Equal points do not dominate each other, so duplicates on the frontier are all kept. Best quality first."""
+    """The points no other point dominates over (quality up, cost down, latency down): q >=, c <=, l <= and one
+    strictly. Equal points do not dominate each other, so duplicates on the frontier are all kept. Best quality
+    first.
+
+    Swept in (quality desc, cost, latency) order: whatever dominates a point sorts before it, and whatever is
+    dominated is dominated by a frontier point too, so each point is compared with the frontier found so far only
+    (O(n x frontier), not O(n^2))."""
     vals = [key(p) for p in points]
-    front = []
-    for i, (q, c, lat) in enumerate(vals):
-        dominated = any(
-            q2 >= q and c2 <= c and l2 <= lat and (q2 > q or c2 < c or l2 < lat)
-            for j, (q2, c2, l2) in enumerate(vals) if j != i)
+    order = sorted(range(len(points)), key=lambda i: (-vals[i][0], vals[i][1], vals[i][2]))
+    front: list[int] = []
+    fq: list[float] = []
+    fc: list[float] = []
+    fl: list[float] = []
+    for i in order:
+        q, c, lat = vals[i]
+        dominated = any(q2 >= q and c2 <= c and l2 <= lat and (q2 > q or c2 < c or l2 < lat)
+                        for q2, c2, l2 in zip(fq, fc, fl, strict=True))
         if not dominated:
             front.append(i)
-    front.sort(key=lambda i: (-vals[i][0], vals[i][1], vals[i][2]))
+            fq.append(q)
+            fc.append(c)
+            fl.append(lat)
     return [points[i] for i in front]
 
 
