@@ -45,8 +45,7 @@ async def receiver():
     await runner.cleanup()
 
 
-@pytest.fixture
-async def app(database_url, redis_url, schema, redis_prefix):
+async def start_analytics(database_url: str, redis_url: str, schema: str, redis_prefix: str) -> ServiceApp:
     from services.analytics.app import SPEC
 
     settings = load_settings(SPEC.settings_cls, "analytics", environ={}, port=0, database_url=database_url,
@@ -54,6 +53,12 @@ async def app(database_url, redis_url, schema, redis_prefix):
                              shutdown_grace_seconds=1.0, webhook_allow_private=True, webhook_backoff_seconds=0.3)
     a = ServiceApp(SPEC, settings)
     await a.start()
+    return a
+
+
+@pytest.fixture
+async def app(database_url, redis_url, schema, redis_prefix):
+    a = await start_analytics(database_url, redis_url, schema, redis_prefix)
     yield a
     await a.stop()
 
@@ -127,3 +132,53 @@ async def test_bad_webhooks_are_refused(app, body):
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await pb_grpc.WebhookServiceStub(channel).CreateWebhook(pb.CreateWebhookRequest(**body), metadata=USER)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_usage_limit_reached_is_emitted_once(database_url, redis_url, monkeypatch, schema, redis_prefix):
+    """The quota comes from the real auth service (a free-tier user: 1,000,000 tokens a month)."""
+    from services.auth.app import SPEC as AUTH
+    from services.auth.credentials import Passwords
+    from services.auth.repository import AuthRepository
+    from tests.integration.conftest import start_app
+
+    auth = await start_app(AUTH, database_url, redis_url, f"{schema}_auth", redis_prefix)
+    monkeypatch.setenv("LLMLAB_AUTH_TARGET", f"127.0.0.1:{auth.port}")
+    app = await start_analytics(database_url, redis_url, schema, redis_prefix)
+    try:
+        user = await AuthRepository(auth.db).create_user("quota-user", await Passwords().hash("x" * 16),
+                                                          ["usage"], "free")
+        got: list[bytes] = []
+
+        async def hook(request: web.Request) -> web.Response:
+            got.append(await request.read())
+            return web.Response(status=200)
+
+        web_app = web.Application()
+        web_app.router.add_post("/hook", hook)
+        runner = web.AppRunner(web_app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        meta = (("x-llmlab-principal", f"user:{user.id}"), ("x-llmlab-permissions", "usage"))
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            await pb_grpc.WebhookServiceStub(channel).CreateWebhook(pb.CreateWebhookRequest(
+                url=f"http://127.0.0.1:{port}/hook", events=["usage.limit.reached"], secret=SECRET), metadata=meta)
+        pub = EventPublisher(app.redis, app.settings.redis_prefix)
+        for tokens in (400_000, 700_000, 5_000):  # crosses 1,000,000 with the second; the third changes nothing
+            await pub.publish("usage", "usage.recorded", {"principal": f"user:{user.id}/key:k1", "model": "m",
+                                                          "prompt_tokens": tokens, "completion_tokens": 0})
+        for _ in range(100):
+            if got:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.0)
+        assert len(got) == 1
+        event = json.loads(got[0])
+        assert event["type"] == "usage.limit.reached"
+        assert event["data"]["limit"] == "tokens_per_month" and event["data"]["limit_value"] == 1_000_000
+        assert event["data"]["current_value"] >= 1_000_000
+        await runner.cleanup()
+    finally:
+        await app.stop()
+        await auth.stop()
