@@ -183,6 +183,11 @@ async def test_lab_bad_input_is_400(http, path, params):
     assert_lab_error(await http.get(path, params=params), 400, "VALIDATION_ERROR")
 
 
+async def test_an_unknown_model_constraint_is_404(http):
+    r = await http.get("/api/analytics/optimization", params={"constraints": json.dumps({"model": "no-such"})})
+    assert_lab_error(r, 404, "MODEL_NOT_FOUND")
+
+
 @pytest.mark.parametrize(("params", "param"), [
     ({"granularity": "week"}, "granularity"),
     ({"start_date": "2024-02-02", "end_date": "2024-02-01"}, "end_date"),

@@ -21,7 +21,7 @@ from llmlab.auth.v1 import auth_service_pb2_grpc as apb_grpc
 from llmlab.runtime import InvalidArgument, ServiceApp
 from llmlab.runtime.streams import EventPublisher, StreamConsumer, StreamMessage
 
-from ..readmodel import parse_principal
+from ..readmodel import at, parse_principal
 from ..settings import AnalyticsSettings
 from . import domain
 from .repository import WebhookRepository, fan_out
@@ -51,7 +51,8 @@ async def fan_out_events(conn: asyncpg.Connection, stream: str, messages: list[S
             continue
         evt = domain.event_id(stream, m.id, m.type)
         data = {k: v for k, v in m.data.items() if k not in ("principal", "user_id")}
-        await fan_out(conn, user, m.type, evt, domain.body(m.type, evt, int(m.published_at), data))
+        await fan_out(conn, user, m.type, evt, domain.body(m.type, evt, int(m.published_at), data),
+                      at(m.published_at))
 
 
 class Deliverer:

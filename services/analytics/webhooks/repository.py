@@ -23,13 +23,15 @@ def _endpoint(r: asyncpg.Record) -> Endpoint:
 
 
 async def fan_out(conn: asyncpg.Connection | asyncpg.Pool, user_id: str, event_type: str, evt_id: str,
-                  payload: str) -> int:
-    """One pending delivery per live endpoint of the user subscribed to the event; none twice per endpoint."""
+                  payload: str, happened: dt.datetime) -> int:
+    """One pending delivery per live endpoint of the user subscribed to the event; none twice per endpoint, and
+    none to an endpoint registered after the event happened (a replay after a rebuild sends nothing new)."""
     rows = await conn.fetch(
         """INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type, payload)
            SELECT 'whd_' || substr(md5(w.id || ':' || $2), 1, 24), w.id, $2, $3, $4 FROM webhooks w
-           WHERE w.deleted_at IS NULL AND w.user_id = $1 AND $3 = ANY(w.events)
-           ON CONFLICT (webhook_id, event_id) DO NOTHING RETURNING id""", user_id, evt_id, event_type, payload)
+           WHERE w.deleted_at IS NULL AND w.user_id = $1 AND $3 = ANY(w.events) AND w.created_at <= $5
+           ON CONFLICT (webhook_id, event_id) DO NOTHING RETURNING id""",
+        user_id, evt_id, event_type, payload, happened)
     return len(rows)
 
 
@@ -120,5 +122,5 @@ class WebhookRepository:
                 "INSERT INTO limit_crossings (user_id, month, limit_name) VALUES ($1, $2, $3) "
                 "ON CONFLICT DO NOTHING RETURNING true", user_id, month, limit)
             if new:
-                await fan_out(conn, user_id, "usage.limit.reached", evt_id, payload)
+                await fan_out(conn, user_id, "usage.limit.reached", evt_id, payload, dt.datetime.now(dt.UTC))
         return bool(new)
