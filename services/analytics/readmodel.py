@@ -246,17 +246,17 @@ def experiment_event(event_type: str, data: dict[str, Any], when: dt.datetime, e
     if eid is None:
         return
     eid = int(eid)
-    status = event_type.rsplit(".", 1)[1]
-    row = d.experiments.setdefault(eid, {"experiment_id": eid})
-    for k in ("name", "type", "model", "principal"):
-        if data.get(k) is not None:
-            row[k] = str(data[k])
-    if event_type == "experiment.created":
-        row["created_at"] = when
-        row.setdefault("status", "draft")
-    else:
-        row["status"] = status
-    row["updated_at"] = when
+    if event_type.startswith("experiment."):  # batch experiments have ids of their own: activity only
+        row = d.experiments.setdefault(eid, {"experiment_id": eid})
+        for k in ("name", "type", "model", "principal"):
+            if data.get(k) is not None:
+                row[k] = str(data[k])
+        if event_type == "experiment.created":
+            row["created_at"] = when
+            row.setdefault("status", "draft")
+        else:
+            row["status"] = event_type.rsplit(".", 1)[1]
+        row["updated_at"] = when
     activity = ACTIVITY.get(event_type)
     if activity is not None:
         d.activity.append({"stream": event[0], "event_id": event[1], "type": activity, "experiment_id": eid,
