@@ -66,7 +66,8 @@ def start_consumers(app: ServiceApp, projector: Projector, on_applied: Callable[
             await on_applied(applied)
 
         consumer = BatchStreamConsumer(app.redis, s.redis_prefix, stream, s.consumer_group, name, handle,
-                                       batch=s.consumer_batch, block_ms=500)
+                                       batch=s.consumer_batch, block_ms=500,
+                                       claim_idle_ms=s.consumer_claim_idle_ms)
         app.background(consumer.run, f"events-{stream}")
         consumers.append(consumer)
 

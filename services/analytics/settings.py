@@ -16,6 +16,8 @@ class AnalyticsSettings(ServiceSettings):
     consumer_group: str = "analytics"
     # Messages per read (one transaction each): larger batches amortise the round trips (docs/analytics.md).
     consumer_batch: int = 500
+    # A batch read by a consumer that died stays pending this long before another member reclaims it.
+    consumer_claim_idle_ms: int = 30_000
     # Webhook targets in private, loopback or link-local ranges are refused unless this is set (tests, one box).
     webhook_allow_private: bool = False
     # Production refuses plain-http webhook URLs.
