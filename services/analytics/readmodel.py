@@ -137,13 +137,15 @@ def _quality(fact: Fact, metrics: dict[str, float], sign: float, d: Deltas) -> N
             crow[5] += sign * q * q
             crow[6] += sign * metrics.get("creativity", 0.0)
     params = fact.parameters or {}
+    xs: dict[str, float | None] = {p: _number(params.get(p)) for p in PARAMETERS}
+    xs.update(metrics)
     ys = {**metrics, "cost": fact.cost, "response_time_ms": fact.response_time_ms}
+    pairs, model, etype = d.daily_pairs, fact.model, fact.experiment_type
     for x, y in PAIRS:
-        xv = _number(params.get(x)) if x in PARAMETERS else metrics.get(x)
-        yv = ys.get(y)
+        xv, yv = xs.get(x), ys.get(y)
         if xv is None or yv is None:
             continue
-        s = d.daily_pairs[(day, fact.model, fact.experiment_type, x, y)]
+        s = pairs[(day, model, etype, x, y)]
         s[0] += sign
         s[1] += sign * xv
         s[2] += sign * yv
