@@ -4,7 +4,8 @@
    put on the streams first, then the analytics service starts and its consumers drain them through the real
    projection; events/s = events / time to apply them all (target >= 5,000/s).
 2. Query latency: `--responses` scored responses (and as many usage events) over 90 days, 5 models, a 15 x 10 x 4
-   parameter grid and 10,000 experiments are loaded into the read model in bulk, as the projection's sums computed
+   parameter grid and 10,000 experiments of 100 responses (each experiment on one model and one day, sweeping
+   the grid, as the lab runs them) are loaded into the read model in bulk, as the projection's sums computed
    by SQL (the queries read only the rollups, so their size is what matters); then the dashboard, optimisation,
    correlations and /v1/usage RPCs are timed over gRPC on the service itself (target p95 <= 100 ms each).
 """
@@ -66,9 +67,9 @@ async def publish_backlog(client: redis.Redis, prefix: str, n: int) -> None:
 
 LOAD_SQL = f"""
 CREATE TEMP TABLE src AS
-SELECT g AS rid, (current_date - (g % 90))::date AS day, 'model-' || (g % 5) AS model, 1000000 + g / 100 AS eid,
-       round((0.1 * (g % 15))::numeric, 2)::float8 AS temperature,
-       round((0.5 + 0.05 * ((g / 15) % 10))::numeric, 2)::float8 AS top_p, 64 * (1 + (g / 150) % 4) AS max_tokens,
+SELECT g AS rid, (current_date - ((g / 100) * 7 % 90))::date AS day, 'model-' || ((g / 100) % 5) AS model,
+       1000000 + g / 100 AS eid, round((0.1 * (g % 15))::numeric, 2)::float8 AS temperature,
+       round((0.5 + 0.05 * ((g / 15) % 10))::numeric, 2)::float8 AS top_p, 64 * (1 + (g / 7) % 4) AS max_tokens,
        0.0::float8 AS frequency_penalty, 0.0::float8 AS presence_penalty,
        0.00001 * (1 + (g / 150) % 4) + 0.000001 * random() AS cost, 200 + 300 * random() AS response_time_ms,
        50 + 30 * sin(g) + 10 * random() AS overall_quality,
