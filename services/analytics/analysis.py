@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,7 +11,7 @@ from llmlab.runtime import validation_error
 
 from . import stats
 from .readmodel import METRICS, PARAMETERS
-from .repository import AnalyticsRepository, Combo, Scope, Totals
+from .repository import AnalyticsRepository, Combo, Scope
 from .stats import Correlation, Sums
 
 PERIODS = {"7d": 7, "30d": 30, "90d": 90}
@@ -117,12 +118,18 @@ async def dashboard(repo: AnalyticsRepository, period: Period, models: list[str]
             raise validation_error("experiment_types", t, f"each must be one of {', '.join(EXPERIMENT_TYPES)}")
     scope = Scope(period.start, period.today, models or None, types or None)
     prev_start, prev_end = period.previous
-    cur: Totals = await repo.totals(scope)
-    prev: Totals = await repo.totals(Scope(prev_start, prev_end, scope.models, scope.types))
+    until = now + dt.timedelta(seconds=1)
+    # Independent reads of the rollups, run concurrently on the pool (the dashboard's latency is the slowest one).
+    (cur, prev, total_experiments, experiments_today, daily, per_model, pairs, activity_rows,
+     combos) = await asyncio.gather(
+        repo.totals(scope), repo.totals(Scope(prev_start, prev_end, scope.models, scope.types)),
+        repo.experiments_created(_midnight(period.start), until, scope),
+        repo.experiments_created(_midnight(period.today), until, scope),
+        repo.daily_quality(scope), repo.model_performance(scope), repo.pairs(scope), repo.recent_activity(scope),
+        repo.combos(scope))
     generations = cur.responses + cur.failures
     overview = {
-        "total_experiments": await repo.experiments_created(_midnight(period.start), now + dt.timedelta(seconds=1),
-                                                            scope),
+        "total_experiments": total_experiments,
         "total_responses": cur.responses,
         "average_quality": round(cur.average_quality, 1),
         "quality_trend": stats.trend(cur.average_quality, prev.average_quality),
@@ -130,11 +137,10 @@ async def dashboard(repo: AnalyticsRepository, period: Period, models: list[str]
         "total_cost": round(cur.cost, 6),
         "cost_trend": stats.trend(cur.cost, prev.cost),
         "success_rate": round(cur.responses / generations * 100, 1) if generations else 0.0,
-        "experiments_today": await repo.experiments_created(_midnight(period.today),
-                                                            now + dt.timedelta(seconds=1), scope),
+        "experiments_today": experiments_today,
     }
     days: dict[dt.date, dict[str, Any]] = {}
-    for r in await repo.daily_quality(scope):
+    for r in daily:
         day = days.setdefault(r["day"], {"scored": 0, "sum": 0.0, "experiments": r["experiments"], "best": None})
         day["scored"] += r["scored"]
         day["sum"] += r["quality_sum"]
@@ -148,14 +154,14 @@ async def dashboard(repo: AnalyticsRepository, period: Period, models: list[str]
                     "average_quality": round(r["quality_sum"] / r["scored"], 1) if r["scored"] else 0.0,
                     "experiment_count": r["experiments"], "total_cost": round(r["cost"], 6),
                     "avg_response_time": round(r["time_ms"] / r["responses"] / 1000, 3)}
-                   for r in await repo.model_performance(scope)]
+                   for r in per_model]
     performance.sort(key=lambda m: (-m["average_quality"], m["model"]))
     correlations = [{"parameter": p, "metric": m, "correlation": round(c.r, 3), "strength": stats.strength(c.r)}
-                    for p, m, c in parameter_correlations(await repo.pairs(scope))]
+                    for p, m, c in parameter_correlations(pairs)]
     activity = [{"type": r["type"], "experiment_id": r["experiment_id"], "name": r["name"], "quality": r["quality"],
-                 "timestamp": r["at"]} for r in await repo.recent_activity(scope)]
+                 "timestamp": r["at"]} for r in activity_rows]
     return Dashboard(overview, quality_trends, performance,
-                     optimal_ranges(await repo.combos(scope)), correlations, activity)
+                     optimal_ranges(combos), correlations, activity)
 
 
 @dataclass
