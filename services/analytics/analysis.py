@@ -68,13 +68,14 @@ class Dashboard:
     recent_activity: list[dict[str, Any]]
 
 
-def optimal_ranges(combos: list[Combo], value: str = "quality") -> dict[str, tuple[float, float]]:
+def optimal_ranges(combos: list[Combo], value: str = "quality", larger: bool = True) -> dict[str, tuple[float, float]]:
     """Per parameter, [min, max] of the tested values among the buckets whose mean (of `value`) reaches the top
-    quartile of the buckets' means, weighted by their scored responses. Parameters tested at one value only are
-    left out (no range was explored)."""
+    quartile of the buckets' means (the bottom one when smaller is better), weighted by their scored responses.
+    Parameters tested at one value only are left out (no range was explored)."""
     if not combos:
         return {}
-    means = [getattr(c, value) for c in combos]
+    sign = 1.0 if larger else -1.0
+    means = [sign * getattr(c, value) for c in combos]
     cut = stats.weighted_quantile(means, [c.scored for c in combos], TOP_QUARTILE)
     top = [c for c, m in zip(combos, means, strict=True) if m >= cut]
     out = {}

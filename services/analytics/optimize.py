@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sklearn.linear_model import LinearRegression
+from sklearn.linear_model import Ridge
 from sklearn.preprocessing import PolynomialFeatures
 
 from llmlab.runtime import validation_error
@@ -127,9 +127,9 @@ def _design(xs: np.ndarray, n_buckets: int) -> np.ndarray:
 
 
 def fit_and_rank(combos: list[Combo], objective: str) -> list[Recommendation]:
-    """Fit a weighted least-squares response surface (quadratic in the standardised parameters that vary, scikit-
-    learn's LinearRegression with each bucket weighted by its scored responses, since a bucket mean of n responses
-    has variance sigma^2/n) and rank the tested buckets by the fitted objective.
+    """Fit a weighted least-squares response surface (quadratic in the standardised parameters that vary; scikit-
+    learn's Ridge with a negligible penalty, solved by Cholesky; each bucket weighted by its scored responses, since
+    a bucket mean of n responses has variance sigma^2/n) and rank the tested buckets by the fitted objective.
 
     confidence = 1 - se(fit) / sd(bucket means), clipped to 0..1, where se(fit)^2 = s^2 phi' (Phi' W Phi)^-1 phi and
     s^2 = sum(w r^2) / (buckets - terms): high where many consistent observations pin the surface down, 0 when the
@@ -142,7 +142,8 @@ def fit_and_rank(combos: list[Combo], objective: str) -> list[Recommendation]:
     x = x[:, varying] if varying.any() else x[:, :0]
     xs = (x - x.mean(axis=0)) / np.where(x.std(axis=0) > 0, x.std(axis=0), 1.0) if x.shape[1] else x
     phi = _design(xs, len(combos)) if x.shape[1] else np.ones((len(combos), 1))
-    model = LinearRegression(fit_intercept=False).fit(phi, y, sample_weight=w)
+    # Normal equations (Cholesky): ~1 ms at 3,000 buckets, where the SVD least squares took ~45 ms.
+    model = Ridge(alpha=1e-9, fit_intercept=False, solver="cholesky").fit(phi, y, sample_weight=w)
     pred = model.predict(phi)
     dof = len(combos) - phi.shape[1]
     spread = math.sqrt(float(np.average((y - np.average(y, weights=w)) ** 2, weights=w)))
@@ -161,12 +162,7 @@ def sensitivity(pairs: dict[tuple[str, str], Sums], combos: list[Combo], objecti
     """Per parameter: |Pearson r| with the objective's metric over the responses, the optimal range of the
     buckets in the objective's top quartile, and the sensitivity label."""
     _, attr, larger, metric = OBJECTIVES[objective]
-    if larger:
-        ranges = optimal_ranges(combos, attr)
-    else:  # the top quartile of "lower is better": rank by the negated mean
-        flipped = [Combo(c.model, c.parameters, c.responses, -c.cost, -c.time_ms, c.scored, c.quality_sum,
-                         c.quality_sq, c.creativity_sum, c.experiments) for c in combos]
-        ranges = optimal_ranges(flipped, attr)
+    ranges = optimal_ranges(combos, attr, larger)
     out = {}
     for p in PARAMETERS:
         s = pairs.get((p, metric))
