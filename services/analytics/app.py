@@ -10,7 +10,7 @@ from llmlab.runtime import ServiceApp, ServiceSpec
 
 from .consumer import ConsumerMetrics, start_consumers
 from .ops import OpsServicer
-from .platform import PlatformStats
+from .platform_stats import PlatformStats
 from .projector import Applied, Projector
 from .repository import AnalyticsRepository
 from .servicer import AnalyticsServicer

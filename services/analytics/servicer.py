@@ -10,7 +10,7 @@ from llmlab.analytics.v1 import analytics_service_pb2_grpc as pb_grpc
 from llmlab.runtime.envelope import iso, meta, utcnow
 
 from . import analysis, optimize
-from .platform import PlatformStats
+from .platform_stats import PlatformStats
 from .repository import AnalyticsRepository, Combo
 
 
