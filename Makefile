@@ -124,5 +124,9 @@ test-sdks: setup gen model
 bench-research: setup gen model
 	$(PY) -m bench.research
 
+# 1,000,000 scored responses in the analytics read model: query p95s and the event consumer's throughput.
+bench-analytics: setup gen
+	$(PY) -m bench.analytics
+
 clean:
 	rm -rf gen .run .pytest_cache .ruff_cache

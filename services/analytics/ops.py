@@ -17,7 +17,7 @@ from llmlab.analytics.v1 import ops_service_pb2_grpc as pb_grpc
 from llmlab.common.v1 import service_info_pb2, service_info_pb2_grpc
 from llmlab.inference.v1 import inference_service_pb2, inference_service_pb2_grpc
 from llmlab.openapi import reference, served_document
-from llmlab.runtime import SERVICES, VERSION, NotFound, ServiceApp, Unavailable, db
+from llmlab.runtime import SERVICES, VERSION, NotFound, ServiceApp, Unavailable
 from llmlab.runtime.context import ADMIN, current_principal
 from llmlab.runtime.envelope import iso, meta, utcnow
 from llmlab.runtime.metrics import merge_expositions
@@ -78,10 +78,10 @@ class OpsServicer(pb_grpc.OpsServiceServicer):
                 )
             return pb.DependencyHealth(status=HEALTHY, latency_ms=round((time.perf_counter() - started) * 1000, 3))
 
-        # Analytics keeps no pool (no storage yet): Postgres is checked with a connection of its own each time.
-        assert self._app.redis is not None
-        dsn, redis = self._app.settings.database_url, self._app.redis
-        postgres, cache = await asyncio.gather(timed(lambda: db.ping(dsn)), timed(redis.ping))
+        # Through the service's own pool (its read model's schema): the same path every analytics answer takes.
+        assert self._app.redis is not None and self._app.db is not None
+        pool, redis = self._app.db, self._app.redis
+        postgres, cache = await asyncio.gather(timed(lambda: pool.fetchval("SELECT 1")), timed(redis.ping))
         return {"postgres": postgres, "redis": cache}
 
     @staticmethod

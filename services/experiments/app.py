@@ -33,7 +33,7 @@ async def setup(app: ServiceApp) -> None:
     research = ResearchRepository(app.db)
     research_peers = ResearchPeers(app.channel("inference"), app.channel("files"), app.channel("metrics"))
     app.serve_package("llmlab.experiments.v1", {
-        "ExperimentService": ExperimentServicer(experiments, models, responses),
+        "ExperimentService": ExperimentServicer(experiments, models, responses, app.events),
         "ResponseService": generation,
         "BatchExperimentService": BatchExperimentServicer(SweepRepository(app.db), peers, app.settings),
         "ResearchExperimentService": ResearchExperimentServicer(research, research_peers, app.events),

@@ -24,6 +24,7 @@ from llmlab.runtime.envelope import iso
 from llmlab.runtime.errors import HTTP_STATUS, excerpt
 from llmlab.runtime.streams import EventPublisher
 
+from .events import publish_experiment
 from .repository import ExperimentRow
 from .response_repository import Outcome, ResponseRecord, ResponseRepository
 from .responses import PlannedResponse
@@ -123,8 +124,10 @@ class Subject:
     prompt: str
 
 
-async def publish_created(peers: Peers, run_id: str, response_id: int, o: Outcome) -> None:
-    """Announce a stored response (response.created); a failure to publish is logged, the response stays stored."""
+async def publish_created(peers: Peers, run_id: str, response_id: int, o: Outcome, experiment_type: str,
+                          principal: str) -> None:
+    """Announce a stored response (response.created, docs/analytics.md); a failure to publish is logged, the
+    response stays stored."""
     if peers.events is None:
         return
     try:
@@ -132,6 +135,7 @@ async def publish_created(peers: Peers, run_id: str, response_id: int, o: Outcom
             "response_id": response_id, "experiment_id": o.experiment_id, "run_id": run_id, "model": o.model,
             "parameters": o.parameters, "token_count": o.token_count, "prompt_tokens": o.prompt_tokens,
             "cost": o.cost, "response_time": o.response_time_ms, "finish_reason": o.finish_reason,
+            "experiment_type": experiment_type, "principal": principal,
         })
     except Exception as exc:  # the response is stored; the event stream is for analytics to catch up
         log.warning("response.created not published", response_id=response_id, error=type(exc).__name__)
@@ -195,6 +199,7 @@ class Run:
                                    "GENERATION_FAILED", grpc_status=exc.code().name)
             outcome.response_time_ms = int((time.perf_counter() - started) * 1000)
             await self.repo.insert(outcome)
+            await self._publish_failure(outcome)
             return None, outcome.error
         choice = reply.choices[0]
         outcome.content = choice.text
@@ -210,7 +215,19 @@ class Run:
         return await self.repo.get(response_id), None
 
     async def _publish(self, response_id: int, o: Outcome) -> None:
-        await publish_created(self.peers, self.id, response_id, o)
+        await publish_created(self.peers, self.id, response_id, o, self.experiment.type, self._user)
+
+    async def _publish_failure(self, o: Outcome) -> None:
+        if self.peers.events is None or o.error is None:
+            return
+        try:
+            await self.peers.events.publish(RESPONSES_STREAM, "response.failed", {
+                "experiment_id": o.experiment_id, "run_id": self.id, "model": o.model,
+                "experiment_type": self.experiment.type, "parameters": o.parameters,
+                "status_code": o.error["statusCode"], "code": o.error["code"], "principal": self._user,
+            })
+        except Exception as exc:
+            log.warning("response.failed not published", experiment_id=o.experiment_id, error=type(exc).__name__)
 
     async def _score(self, response_id: int, created_at: Any, o: Outcome, logprobs: list[float]) -> None:
         e = self.experiment
@@ -242,12 +259,16 @@ class Run:
                     failed += 1
                 await self.events.put(Finished(done, total, record, error))
             await self.repo.set_status(self.experiment.id, "completed" if stored else "failed")
+            scored = [r.overall_quality for r in stored if r.overall_quality is not None]
+            await publish_experiment(
+                self.peers.events, "experiment.completed" if stored else "experiment.failed", self.experiment,
+                run_id=self.id, generated=len(stored), failed=failed,
+                average_quality=round(sum(scored) / len(scored), 1) if scored else None)
             if not stored:
                 await self.events.put(Ended("failed", error=_error(
                     f"All {total} generations failed", 502, "GENERATION_FAILED", failed=failed)))
                 return
             stored.sort(key=lambda r: r.id)
-            scored = [r.overall_quality for r in stored if r.overall_quality is not None]
             await self.events.put(Ended("completed", results=stored, summary=RunSummary(
                 total_generated=len(stored),
                 average_quality=round(sum(scored) / len(scored), 1) if scored else 0.0,

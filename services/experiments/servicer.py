@@ -11,8 +11,10 @@ from llmlab.experiments.v1 import experiments_service_pb2 as pb
 from llmlab.experiments.v1 import experiments_service_pb2_grpc as pb_grpc
 from llmlab.runtime import NotFound
 from llmlab.runtime.envelope import iso, meta, pagination, seconds_text, value
+from llmlab.runtime.streams import EventPublisher
 
 from . import analysis, domain
+from .events import publish_experiment
 from .models import ModelRegistry
 from .repository import ExperimentRepository, ExperimentRow, ResponseRow
 from .response_repository import ResponseRepository
@@ -101,10 +103,12 @@ def _not_found(experiment_id: int) -> NotFound:
 class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
     """The lab family's `/api/experiments` routes (CRUD, stats, history, bulk actions) over the experiments store."""
 
-    def __init__(self, repo: ExperimentRepository, models: ModelRegistry, responses: ResponseRepository) -> None:
+    def __init__(self, repo: ExperimentRepository, models: ModelRegistry, responses: ResponseRepository,
+                 events: EventPublisher | None = None) -> None:
         self._repo = repo
         self._models = models
         self._responses = responses
+        self._events = events
 
     async def _detail_data(self, row: ExperimentRow) -> pb.ExperimentData:
         return pb.ExperimentData(experiment=_detail(row, await self._repo.responses(row.id)))
@@ -152,6 +156,7 @@ class ExperimentServicer(pb_grpc.ExperimentServiceServicer):
         )
         new.model = await self._models.resolve(new.model)
         row = await self._repo.create(new)
+        await publish_experiment(self._events, "experiment.created", row)
         return pb.CreateExperimentResponse(success=True, data=await self._detail_data(row), meta=meta())
 
     async def UpdateExperiment(

@@ -220,7 +220,7 @@ class SweepWorker:
         if stored is None:
             return None  # another attempt stored this iteration first: nothing is written twice
         response_id, created_at = stored
-        await publish_created(self.peers, run_id, response_id, o)
+        await publish_created(self.peers, run_id, response_id, o, "batch", row.owner_id)
         await score(self.peers, self.responses, Subject(row.id, "batch", row.prompt), response_id, created_at, o,
                     [lp.logprob for lp in choice.logprobs])
         return None

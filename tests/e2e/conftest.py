@@ -79,6 +79,8 @@ async def platform(run_id, database_url, redis_url) -> AsyncIterator[Platform]:
                 "LLMLAB_AUTH_JWT_SECRET": jwt_secret,
                 # a killed run worker's run resumes within seconds
                 "LLMLAB_EXPERIMENTS_RESEARCH_RUN_CLAIM_IDLE_MS": "3000"})
+    # The webhook tests' receiver listens on 127.0.0.1 and fails once: allow loopback targets, retry quickly.
+    env.update({"LLMLAB_ANALYTICS_WEBHOOK_ALLOW_PRIVATE": "true", "LLMLAB_ANALYTICS_WEBHOOK_BACKOFF_SECONDS": "0.5"})
     cfg = PlatformConfig(
         database_url=database_url,
         redis_url=redis_url,

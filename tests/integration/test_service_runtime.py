@@ -138,23 +138,21 @@ async def test_a_service_without_storage_opens_no_pool_and_creates_no_schema(app
     assert not await _schema_exists(database_url, schema)
 
 
-async def test_ops_checks_postgres_live_without_a_pool(database_url, redis_url, schema, redis_prefix):
-    """analytics keeps no pool; its ops answers still check Postgres, with a connection made for the check."""
+async def test_ops_checks_postgres_live_through_the_analytics_pool(database_url, redis_url, schema, redis_prefix):
+    """analytics has a read model (its own schema and pool); its ops answers check Postgres through that pool."""
     from llmlab.analytics.v1 import ops_service_pb2, ops_service_pb2_grpc
     from services.analytics.app import SPEC
 
     from .conftest import start_app
 
-    for url, expected in ((database_url, "healthy"), ("postgresql://postgres@127.0.0.1:1/test", "unhealthy")):
-        app = await start_app(SPEC, url, redis_url, schema, redis_prefix)
-        try:
-            assert app.db is None and app.redis is not None
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
-                body = await ops_service_pb2_grpc.OpsServiceStub(channel).GetDetailedHealth(
-                    ops_service_pb2.GetDetailedHealthRequest()
-                )
-            assert body.dependencies["postgres"].status == expected
-            assert body.dependencies["redis"].status == "healthy"
-        finally:
-            await app.stop()
-    assert not await _schema_exists(database_url, schema)
+    app = await start_app(SPEC, database_url, redis_url, schema, redis_prefix)
+    try:
+        assert app.db is not None and app.redis is not None
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            body = await ops_service_pb2_grpc.OpsServiceStub(channel).GetDetailedHealth(
+                ops_service_pb2.GetDetailedHealthRequest()
+            )
+        assert body.dependencies["postgres"].status == "healthy"
+        assert body.dependencies["redis"].status == "healthy"
+    finally:
+        await app.stop()

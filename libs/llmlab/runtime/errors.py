@@ -204,6 +204,12 @@ def validation_error(field: str, value: Any, constraint: str, message: str | Non
     )
 
 
+def serving_validation_error(field: str, value: Any, constraint: str) -> InvalidArgument:
+    """validation_error for the serving family (`/v1`), whose body shows only `message` and `param`: the message
+    is a sentence that carries the constraint, "`field` constraint"."""
+    return validation_error(field, value, constraint, message=f"`{field}` {constraint}")
+
+
 INTERNAL_MESSAGE = "An unexpected error occurred. Please try again later."
 
 

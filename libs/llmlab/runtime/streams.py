@@ -302,3 +302,42 @@ class PriorityConsumer:
             for t in slots:
                 t.cancel()
             await asyncio.gather(*slots, return_exceptions=True)
+
+
+BatchHandler = Callable[[list[StreamMessage]], Awaitable[None]]
+
+
+class BatchStreamConsumer(StreamConsumer):
+    """A consumer whose handler takes everything one read returns (e.g. one database transaction per batch) and
+    acks it together. When a batch fails, its messages are retried one by one, so that a poisonous message still
+    ends in the dead letters alone after `max_deliveries` and the rest of its batch goes through."""
+
+    def __init__(self, client: redis.Redis, prefix: str, stream: str, group: str, consumer: str,
+                 handler: BatchHandler, **kwargs: Any) -> None:
+        super().__init__(client, prefix, stream, group, consumer, lambda m: handler([m]), **kwargs)
+        self._batch_handler = handler
+
+    async def read_new(self, block_ms: int | None = None) -> int:
+        result = await self._redis.xreadgroup(
+            self.group, self.consumer, {self.stream: ">"}, count=self._batch,
+            block=self._block_ms if block_ms is None else block_ms,
+        )
+        raw = [(msg_id, fields) for _stream, messages in result or [] for msg_id, fields in messages]
+        if not raw:
+            return 0
+        batch = [_decode(msg_id, fields) for msg_id, fields in raw]
+        try:
+            await self._batch_handler(batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("stream batch failed, retrying its messages one by one", stream=self.stream,
+                          messages=len(batch))
+            return sum([await self._handle(m, fields) for m, (_id, fields) in zip(batch, raw, strict=True)])
+        await self._redis.xack(self.stream, self.group, *[m.id for m in batch])
+        return len(batch)
+
+
+def decode_entry(msg_id: Any, fields: dict[Any, Any]) -> StreamMessage:
+    """A raw stream entry (as XRANGE returns it) as a StreamMessage, e.g. to replay a stream outside a group."""
+    return _decode(msg_id, fields)

@@ -1,0 +1,1 @@
+"""Webhooks: endpoints, Standard Webhooks signatures, SSRF-safe targets, durable delivery with backoff."""
