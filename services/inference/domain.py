@@ -5,6 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 
+@dataclass(frozen=True)
+class Grammar:
+    """A constraint on a generation's output, enforced token by token by the engine (engine/constraint.py).
+
+    kind "json_schema": `text` is a JSON Schema (as JSON text) the output must be an instance of; kind "lark": `text`
+    is a grammar in llguidance's Lark dialect (which embeds JSON schemas with `%json {...}`). `lenient`: schema
+    keywords the grammar library does not implement are ignored instead of refused."""
+
+    kind: str
+    text: str
+    lenient: bool = False
+
+
 @dataclass
 class SamplingParams:
     """Per-request sampling. Every request in a batch keeps its own (continuous batching never mixes them)."""
@@ -22,6 +35,7 @@ class SamplingParams:
     seed: int | None = None  # same seed + same params + same prompt -> same text
     logprobs: bool = False  # report the chosen token's logprob
     top_logprobs: int = 0  # and this many alternatives, 0..20
+    grammar: Grammar | None = None  # constrained decoding: every token keeps the output inside this grammar
 
 
 _INT64_MIN = -(2**63)

@@ -36,6 +36,7 @@ from llmlab.sampling import BOUNDS, violation
 from ..domain import GenerationEvent, GenerationRequest, SamplingParams, TokenLogprob
 from .artifact import ModelArtifact, load_artifact
 from .batch import RATE_WINDOW_S, BatchCore, SampledToken, SequenceState
+from .constraint import GrammarCompiler, TokenConstraint, check_grammar
 from .errors import ContextLengthExceeded, EngineOverloaded, EngineStopped, InvalidRequest
 from .prefix_cache import PrefixCache, PrefixCacheStats
 from .runner import ModelRunner, host_buffer
@@ -69,6 +70,7 @@ class EngineConfig:
     interleave_ratio: float = 1.0
     interleave_min_tokens: int = 8
     share_prefill: bool = True  # equal prompts admitted in one step are prefilled once (n choices, a sweep's repeats)
+    grammar_cache: int = 128  # compiled grammars kept for constrained decoding (constraint.py), least recently used out
 
 
 @dataclass
@@ -129,6 +131,7 @@ class Engine:
         self._core = BatchCore(self._runner, artifact.tokenizer, config, cache)
         self._scorer = PromptScorer(artifact, vocab_size=artifact.tokenizer.vocab_size, chunk=config.prefill_tokens)
         self._scoring = 0  # scoring jobs waiting for the worker; a decode loop yields to them
+        self._grammars: GrammarCompiler | None = None  # built at the first constrained request
         self._waiting: collections.deque[SequenceState] = collections.deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -226,12 +229,34 @@ class Engine:
         if min(prompt) < 0 or max(prompt) >= vocab:
             raise InvalidRequest(f"prompt token ids must be in [0, {vocab})")
         _check_params(p)
+        if p.grammar is not None and (problem := check_grammar(p.grammar)) is not None:
+            raise InvalidRequest(f"invalid grammar: {problem}")
         if len(prompt) + p.max_tokens > self.max_seq_len:
             raise ContextLengthExceeded(len(prompt), p.max_tokens, self.max_seq_len)
 
+    @property
+    def grammars(self) -> GrammarCompiler:
+        """The grammar compiler over this model's tokenizer, with its cache of compiled grammars."""
+        if self._grammars is None:
+            self._grammars = GrammarCompiler(
+                self.tokenizer.to_json(), self.tokenizer.vocab_size, self.eos_token_ids, self.config.grammar_cache
+            )
+        return self._grammars
+
+    async def _constraint(self, request: GenerationRequest) -> TokenConstraint | None:
+        """The request's grammar as a fresh matcher; an uncached grammar compiles in a thread, off the event loop."""
+        grammar = request.params.grammar
+        if grammar is None:
+            return None
+        self.validate(request)
+        compiler = self.grammars
+        if compiler.cached(grammar):
+            return compiler.constraint(grammar)
+        return await asyncio.to_thread(compiler.constraint, grammar)
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         """Stream one request's events; raises before queuing when the request cannot be served."""
-        seq = self._submit(request)
+        seq = self._submit(request, await self._constraint(request))
         try:
             while True:
                 event = await seq.queue.get()
@@ -270,7 +295,7 @@ class Engine:
         """A scored prompt position as the API's logprob entry (token text, bytes, alternatives)."""
         return self._core._logprob(scored.token_id, SampledToken(scored.token_id, scored.logprob, scored.top))
 
-    def _submit(self, request: GenerationRequest) -> SequenceState:
+    def _submit(self, request: GenerationRequest, constraint: TokenConstraint | None = None) -> SequenceState:
         if not self.running:
             raise EngineStopped("the engine is not running")
         self.validate(request)
@@ -279,7 +304,7 @@ class Engine:
         stop_ids = frozenset(request.params.stop_token_ids)
         if not request.params.ignore_eos:
             stop_ids |= self.eos_token_ids
-        seq = SequenceState(request, stop_ids, self.tokenizer.detokenizer(request.prompt_token_ids))
+        seq = SequenceState(request, stop_ids, self.tokenizer.detokenizer(request.prompt_token_ids), constraint)
         self._waiting.append(seq)
         self._wake.set()
         return seq
