@@ -141,6 +141,7 @@ class GrammarCompiler:
         self._capacity = capacity
         self._tokenizer: llguidance.LLTokenizer | None = None
         self._cache: collections.OrderedDict[tuple[str, str, bool], llguidance.LLMatcher] = collections.OrderedDict()
+        self._compiling: dict[tuple[str, str, bool], threading.Lock] = {}
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -162,20 +163,32 @@ class GrammarCompiler:
     def constraint(self, grammar: Grammar) -> TokenConstraint:
         """A fresh constraint for one sequence; compiles the grammar unless it is cached. Raises GrammarError."""
         key = (grammar.kind, grammar.text, grammar.lenient)
+        template = self._lookup(key)
+        if template is None:
+            with self._lock:
+                compiling = self._compiling.setdefault(key, threading.Lock())
+            with compiling:  # requests arriving together with one new schema compile it once
+                template = self._lookup(key)
+                if template is None:
+                    try:
+                        template = self._compile(grammar)
+                        with self._lock:
+                            self.misses += 1
+                            self._cache[key] = template
+                            while len(self._cache) > self._capacity:
+                                self._cache.popitem(last=False)
+                    finally:
+                        with self._lock:
+                            self._compiling.pop(key, None)
+        return TokenConstraint(template.deep_copy(), self.vocab_size)
+
+    def _lookup(self, key: tuple[str, str, bool]) -> llguidance.LLMatcher | None:
         with self._lock:
             template = self._cache.get(key)
             if template is not None:
                 self._cache.move_to_end(key)
                 self.hits += 1
-        if template is None:
-            template = self._compile(grammar)
-            with self._lock:
-                self.misses += 1
-                self._cache[key] = template
-                self._cache.move_to_end(key)
-                while len(self._cache) > self._capacity:
-                    self._cache.popitem(last=False)
-        return TokenConstraint(template.deep_copy(), self.vocab_size)
+            return template
 
     def _compile(self, grammar: Grammar) -> llguidance.LLMatcher:
         source = grammar_source(grammar)
