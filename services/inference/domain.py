@@ -10,12 +10,11 @@ class Grammar:
     """A constraint on a generation's output, enforced token by token by the engine (engine/constraint.py).
 
     kind "json_schema": `text` is a JSON Schema (as JSON text) the output must be an instance of; kind "lark": `text`
-    is a grammar in llguidance's Lark dialect (which embeds JSON schemas with `%json {...}`). `lenient`: schema
-    keywords the grammar library does not implement are ignored instead of refused."""
+    is a grammar in llguidance's Lark dialect (which embeds JSON schemas with `%json {...}`). A schema's layout
+    and leniency are llguidance's top-level `x-guidance` options inside it (openai/structured.py sets them)."""
 
     kind: str
     text: str
-    lenient: bool = False
 
 
 @dataclass

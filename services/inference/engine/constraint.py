@@ -53,9 +53,7 @@ def grammar_source(grammar: Grammar) -> str:
         if not isinstance(schema, dict):
             raise GrammarError("a JSON schema must be a JSON object")
         try:
-            return llguidance.LLMatcher.grammar_from_json_schema(
-                schema, overrides={"lenient": True} if grammar.lenient else None
-            )
+            return llguidance.LLMatcher.grammar_from_json_schema(schema)
         except ValueError as exc:
             raise GrammarError(str(exc)) from None
     if grammar.kind == "lark":
@@ -64,9 +62,9 @@ def grammar_source(grammar: Grammar) -> str:
 
 
 @lru_cache(maxsize=512)
-def _check(kind: str, text: str, lenient: bool) -> str | None:
+def _check(kind: str, text: str) -> str | None:
     try:
-        source = grammar_source(Grammar(kind, text, lenient))
+        source = grammar_source(Grammar(kind, text))
     except GrammarError as exc:
         return str(exc)
     is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(source)
@@ -76,7 +74,7 @@ def _check(kind: str, text: str, lenient: bool) -> str | None:
 def check_grammar(grammar: Grammar) -> str | None:
     """Why `grammar` does not compile (llguidance's message, e.g. 'Unimplemented keys: ["not"]'), or None. Needs no
     tokenizer, so the API layer refuses a bad schema before a model is involved; cached per grammar."""
-    return _check(grammar.kind, grammar.text, grammar.lenient)
+    return _check(grammar.kind, grammar.text)
 
 
 def apply_mask(row: np.ndarray, mask: np.ndarray) -> None:
@@ -140,8 +138,8 @@ class GrammarCompiler:
         self._eos = sorted(eos_token_ids)
         self._capacity = capacity
         self._tokenizer: llguidance.LLTokenizer | None = None
-        self._cache: collections.OrderedDict[tuple[str, str, bool], llguidance.LLMatcher] = collections.OrderedDict()
-        self._compiling: dict[tuple[str, str, bool], threading.Lock] = {}
+        self._cache: collections.OrderedDict[tuple[str, str], llguidance.LLMatcher] = collections.OrderedDict()
+        self._compiling: dict[tuple[str, str], threading.Lock] = {}
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -158,11 +156,11 @@ class GrammarCompiler:
 
     def cached(self, grammar: Grammar) -> bool:
         with self._lock:
-            return (grammar.kind, grammar.text, grammar.lenient) in self._cache
+            return (grammar.kind, grammar.text) in self._cache
 
     def constraint(self, grammar: Grammar) -> TokenConstraint:
         """A fresh constraint for one sequence; compiles the grammar unless it is cached. Raises GrammarError."""
-        key = (grammar.kind, grammar.text, grammar.lenient)
+        key = (grammar.kind, grammar.text)
         template = self._lookup(key)
         if template is None:
             with self._lock:
@@ -182,7 +180,7 @@ class GrammarCompiler:
                             self._compiling.pop(key, None)
         return TokenConstraint(template.deep_copy(), self.vocab_size)
 
-    def _lookup(self, key: tuple[str, str, bool]) -> llguidance.LLMatcher | None:
+    def _lookup(self, key: tuple[str, str]) -> llguidance.LLMatcher | None:
         with self._lock:
             template = self._cache.get(key)
             if template is not None:

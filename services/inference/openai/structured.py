@@ -53,7 +53,7 @@ def _problem(schema: dict[str, Any], lenient: bool) -> str | None:
     except SchemaError as exc:
         where = "/".join(str(p) for p in exc.absolute_path)
         return f"not a valid JSON Schema: {exc.message}" + (f" (at '{where}')" if where else "")
-    problem = check_grammar(Grammar("json_schema", json.dumps(_styled(schema, lenient)), lenient))
+    problem = check_grammar(Grammar("json_schema", json.dumps(_styled(schema, lenient))))
     if problem is None:
         return None
     m = _UNIMPLEMENTED.search(problem)
