@@ -109,8 +109,8 @@ async def test_auto_is_text_or_a_valid_call(aclient) -> None:
 
 
 async def test_streamed_schema_output_and_streamed_tool_call(aclient) -> None:
-    fmt = {"type": "json_schema", "json_schema": {"name": "person", "strict": True,
-                                                  "schema": Person.model_json_schema() | {"additionalProperties": False}}}
+    schema = Person.model_json_schema() | {"additionalProperties": False}
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "strict": True, "schema": schema}}
     stream = await aclient.chat.completions.create(model=MODEL, messages=extract(1), response_format=fmt,
                                                    temperature=0, max_tokens=48, stream=True)
     text, reasons = [], []
@@ -120,6 +120,14 @@ async def test_streamed_schema_output_and_streamed_tool_call(aclient) -> None:
             reasons += [c.finish_reason] if c.finish_reason else []
     assert reasons == ["stop"]
     Person.model_validate_json("".join(text))
+
+    tools = [openai.pydantic_function_tool(GetWeather)]
+    raw = await aclient.chat.completions.create(model=MODEL, messages=weather(3), tools=tools, tool_choice="required",
+                                                temperature=0, max_tokens=48, stream=True)
+    deltas = [c.choices[0].delta.tool_calls[0] async for c in raw if c.choices and c.choices[0].delta.tool_calls]
+    assert deltas[0].id and deltas[0].function.name == "GetWeather" and deltas[0].function.arguments == ""
+    assert len(deltas) > 3  # the arguments arrive in fragments, as they are generated
+    GetWeather.model_validate_json("".join(d.function.arguments or "" for d in deltas))
 
     async with aclient.chat.completions.stream(
         model=MODEL, messages=weather(2), tools=[openai.pydantic_function_tool(GetWeather)], tool_choice="required",

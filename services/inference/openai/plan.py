@@ -195,7 +195,7 @@ class ChatPlan(_Plan):
     def output_processor(self) -> OutputProcessor:
         """A fresh processor for one choice, already fed the prefill."""
         if self.tool_spec is not None:
-            return ToolCallOutput(self.tool_spec, self.assistant_prefix)
+            return ToolCallOutput(self.tool_spec, self.assistant_prefix, constrained=self.base.grammar is not None)
         if self.response_format.type != "text":
             return JsonOutput(self.assistant_prefix)
         return PlainOutput(self.assistant_prefix)

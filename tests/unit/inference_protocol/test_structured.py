@@ -7,13 +7,15 @@ import json
 from dataclasses import replace
 
 import pytest
+from openai.types.chat import ChatCompletionChunk
 
 from services.inference.domain import Grammar
 from services.inference.engine.constraint import GrammarCompiler, GrammarError
 from services.inference.openai import ProtocolError
+from services.inference.openai.render import ChatCompletionStream, ChoiceResult, render_chat_completion
 
 from ..inference.tiny_model import build_tokenizer
-from ._fakes import LIMITS, WEATHER, chat, chat_plan
+from ._fakes import LIMITS, WEATHER, chat, chat_plan, events, sse_payloads
 
 GRAMMARS = replace(LIMITS, supports_grammar=True)
 PERSON = {
@@ -160,3 +162,71 @@ def test_grammars_are_deterministic_text_so_the_engine_cache_hits() -> None:
     b = plan_for(tools=[WEATHER], tool_choice="required").base.grammar
     assert a == b
     assert json.loads(plan_for(response_format=json_schema(PERSON)).base.grammar.text)["x-guidance"]
+
+
+# -- reading constrained tool calls as they stream -----------------------------------------------------------------
+
+TWO_CALLS = ('<tool_call>[{"name": "get_weather", "arguments": {"city": "New York", "n": [1, 2]}}, '
+             '{"name": "get_time", "arguments": {"zone": "UTC"}}]</tool_call>')
+
+
+def constrained_stream(text: str, size: int, *, finish: str = "stop", **fields):
+    """SSE chunks and the non-streamed body for the same generated text under a constrained tools plan."""
+    _, plan = chat_plan(chat(tools=[WEATHER, TIME], **fields), GRAMMARS)
+    assert plan.base.grammar is not None
+    generated = text[len(plan.assistant_prefix):]
+    stream = ChatCompletionStream(plan, model="m", created=1, completion_id="chatcmpl-x")
+    frames = stream.start()
+    for event in events(generated, size=size, finish=finish):
+        frames += stream.feed(0, event)
+    frames += stream.close()
+    body = render_chat_completion(plan, [ChoiceResult.collect(list(events(generated, finish=finish)))], model="m")
+    return sse_payloads(frames), body
+
+
+@pytest.mark.parametrize("size", [1, 3, 7, 500])
+def test_constrained_calls_stream_head_first_then_argument_fragments(size) -> None:
+    chunks, body = constrained_stream(TWO_CALLS, size, tool_choice="auto")
+    deltas = [c["choices"][0]["delta"] for c in chunks if c != "[DONE]" and c["choices"]]
+    calls = [d["tool_calls"][0] for d in deltas if "tool_calls" in d]
+    heads = [c for c in calls if "id" in c]
+    assert [h["function"]["name"] for h in heads] == ["get_weather", "get_time"]
+    assert all(h["type"] == "function" and h["function"]["arguments"] == "" for h in heads)
+    joined = ["".join(c["function"]["arguments"] for c in calls if c["index"] == i) for i in (0, 1)]
+    assert joined == ['{"city":"New York","n":[1,2]}', '{"zone":"UTC"}']  # compact; spaces inside strings kept
+    if size < 10:
+        assert sum(1 for c in calls if c["index"] == 0 and "id" not in c) > 1  # arguments in several fragments
+    assert not any(d.get("content") for d in deltas)
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c != "[DONE]" and c["choices"]][-1] == "tool_calls"
+    # the non-streamed body says the same
+    message = body["choices"][0]["message"]
+    assert [c["function"]["arguments"] for c in message["tool_calls"]] == joined
+    assert message["content"] is None and body["choices"][0]["finish_reason"] == "tool_calls"
+    ChatCompletionChunk.model_validate(chunks[1])
+
+
+def test_a_named_call_streams_from_the_prefill() -> None:
+    named = {"type": "function", "function": {"name": "get_time"}}
+    _, plan = chat_plan(chat(tools=[WEATHER, TIME], tool_choice=named), GRAMMARS)
+    text = plan.assistant_prefix + '{"zone": "CET"}}]</tool_call>'
+    chunks, body = constrained_stream(text, 2, tool_choice=named)
+    calls = [c["choices"][0]["delta"]["tool_calls"][0] for c in chunks
+             if c != "[DONE]" and c["choices"] and "tool_calls" in c["choices"][0]["delta"]]
+    assert calls[0]["function"]["name"] == "get_time" and calls[0]["id"].startswith("call_")
+    assert "".join(c["function"]["arguments"] for c in calls[1:]) == '{"zone":"CET"}'
+    assert body["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] == '{"zone":"CET"}'
+
+
+def test_a_call_cut_by_max_tokens_is_length_with_the_arguments_so_far() -> None:
+    cut = '<tool_call>[{"name": "get_weather", "arguments": {"city": "Ber'
+    chunks, body = constrained_stream(cut, 4, finish="length", tool_choice="auto")
+    assert body["choices"][0]["finish_reason"] == "length"
+    assert body["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] == '{"city":"Ber'
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c != "[DONE]" and c["choices"]][-1] == "length"
+
+
+def test_auto_text_streams_as_content_under_the_grammar() -> None:
+    chunks, body = constrained_stream("Sunny [and] {warm}.", 3, tool_choice="auto")
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c != "[DONE]" and c["choices"])
+    assert text == "Sunny [and] {warm}." == body["choices"][0]["message"]["content"]
+    assert body["choices"][0]["finish_reason"] == "stop"
