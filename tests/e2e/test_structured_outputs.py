@@ -182,3 +182,13 @@ async def test_one_constrained_request_leaves_its_batch_neighbours_alone(aclient
     assert together[2].json()["choices"][0]["message"]["content"] == alone
     assert isinstance(together[1].choices[0].message.parsed, Person)
     assert json.loads(together[1].choices[0].message.content)
+
+
+async def test_metrics_show_the_grammar_cache(http, aclient) -> None:
+    for i in range(2):  # the same schema twice: at most one compile, at least one cached start
+        await aclient.chat.completions.parse(model=MODEL, messages=extract(i), response_format=Person, max_tokens=48)
+    text = (await http.get("/metrics")).text
+    values = {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith("llmlab_engine_grammar") and f'model="{MODEL}"' in line}
+    assert values["llmlab_engine_grammars_cached"] >= 1
+    assert values["llmlab_engine_grammar_cache_hits_total"] >= 1 and values["llmlab_engine_grammar_compiles_total"] >= 1

@@ -88,6 +88,9 @@ class EngineStats:
     prompt_tokens: int = 0  # prompt tokens of admitted requests
     prefill_tokens: int = 0  # of those, the ones run through the model (the rest: prefix cache, shared prompts)
     cache: PrefixCacheStats | None = None  # None when prefix caching is off
+    grammars_cached: int = 0  # compiled grammars held for constrained decoding (constraint.py)
+    grammar_compiles: int = 0
+    grammar_cache_hits: int = 0
 
 
 class Engine:
@@ -217,7 +220,14 @@ class Engine:
             prompt_tokens=core.prompt_tokens,
             prefill_tokens=core.prefill_tokens,
             cache=core.cache.stats() if core.cache is not None else None,
+            **self._grammar_stats(),
         )
+
+    def _grammar_stats(self) -> dict[str, int]:
+        if self._grammars is None:
+            return {}
+        g = self._grammars.stats()
+        return {"grammars_cached": g["grammars"], "grammar_compiles": g["misses"], "grammar_cache_hits": g["hits"]}
 
     def validate(self, request: GenerationRequest) -> None:
         """Raise `InvalidRequest` / `ContextLengthExceeded` for a request the engine would refuse."""
