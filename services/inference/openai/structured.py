@@ -35,14 +35,51 @@ _UNIMPLEMENTED = re.compile(r"Unimplemented keys: \[(.*?)\]")
 
 
 def _styled(schema: dict[str, Any], lenient: bool) -> dict[str, Any]:
-    """The schema with our JSON layout (and leniency) in llguidance's top-level `x-guidance` options."""
+    """The schema to enforce: closed (see _closed), with our JSON layout (and leniency) in llguidance's top-level
+    `x-guidance` options."""
     options = dict(JSON_STYLE)
     if lenient:
         options["lenient"] = True
     given = schema.get("x-guidance")
     if isinstance(given, dict):
         options.update(given)
-    return {**schema, "x-guidance": options}
+    return {**_closed(schema), "x-guidance": options}
+
+
+_SUBSCHEMA_MAPS = ("properties", "$defs", "definitions")
+_SUBSCHEMA_LISTS = ("anyOf", "oneOf", "prefixItems")
+
+
+def _closed(schema: Any) -> Any:
+    """The schema with `additionalProperties: false` on each object that lists `properties` and says nothing about
+    other keys, as xgrammar's strict mode does for vLLM: the model writes only declared properties. Every output is
+    still an instance of the original schema (an instance never needs an undeclared key), and a small model can no
+    longer wander into inventing keys until max_tokens. Left open where closing could exclude every instance:
+    `allOf` anywhere (properties merge across branches), `$ref` beside `properties`, `minProperties`, or a
+    `required` name that `properties` does not list."""
+    if not isinstance(schema, dict) or '"allOf"' in json.dumps(schema):
+        return schema
+    return _close(schema)
+
+
+def _close(node: Any) -> Any:
+    if not isinstance(node, dict):
+        return node
+    out = dict(node)
+    for key in _SUBSCHEMA_MAPS:
+        if isinstance(node.get(key), dict):
+            out[key] = {k: _close(v) for k, v in node[key].items()}
+    for key in _SUBSCHEMA_LISTS:
+        if isinstance(node.get(key), list):
+            out[key] = [_close(v) for v in node[key]]
+    if isinstance(node.get("items"), dict):
+        out["items"] = _close(node["items"])
+    props = node.get("properties")
+    required = node.get("required", [])
+    open_keys = {"additionalProperties", "patternProperties", "minProperties", "$ref"} & node.keys()
+    if isinstance(props, dict) and not open_keys and isinstance(required, list) and all(r in props for r in required):
+        out["additionalProperties"] = False
+    return out
 
 
 def _problem(schema: dict[str, Any], lenient: bool) -> str | None:

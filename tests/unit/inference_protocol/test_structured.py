@@ -230,3 +230,25 @@ def test_auto_text_streams_as_content_under_the_grammar() -> None:
     text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c != "[DONE]" and c["choices"])
     assert text == "Sunny [and] {warm}." == body["choices"][0]["message"]["content"]
     assert body["choices"][0]["finish_reason"] == "stop"
+
+
+def test_objects_are_closed_where_that_cannot_exclude_an_instance(accepts) -> None:
+    from services.inference.openai.structured import _closed
+
+    open_person = {"type": "object", "properties": {"name": {"type": "string"}, "pets": {"type": "array", "items": {
+        "type": "object", "properties": {"kind": {"type": "string"}}}}}, "required": ["name"]}
+    closed = _closed(open_person)
+    assert closed["additionalProperties"] is False
+    assert closed["properties"]["pets"]["items"]["additionalProperties"] is False
+    assert "additionalProperties" not in open_person  # the request's schema is not modified
+    grammar = plan_for(response_format=json_schema(open_person, strict=None)).base.grammar
+    assert accepts(grammar, '{"name": "Ann", "pets": [{"kind": "cat"}]}')
+    assert not accepts(grammar, '{"name": "Ann", "x": 1}')  # undeclared keys are not generated
+    # left open where closing could rule out every instance
+    for schema in (
+        {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a", "b"]},
+        {"type": "object", "properties": {"a": {"type": "string"}}, "minProperties": 2},
+        {"type": "object", "properties": {"a": {"type": "string"}}, "additionalProperties": {"type": "integer"}},
+        {"allOf": [{"type": "object", "properties": {"a": {"type": "string"}}}, {"properties": {"b": {}}}]},
+    ):
+        assert _closed(schema) == schema
