@@ -9,7 +9,7 @@ phase (first token to last, per stream; aggregate: tokens while all streams deco
 `--repeats` rounds, the two sides alternating round by round so that drift in machine load hits both. Also printed:
 the first (uncached) compile of the schema and of the openai SDK's schema for a nested Pydantic model, and a
 cached start.
-Usage: python -m bench.structured [MODEL_DIR] [--threads 2] [--max-new 128] [--repeats 3] [--streams 1,8]
+Usage: python -m bench.structured [MODEL_DIR] [--threads 2] [--max-new 128] [--repeats 5] [--streams 1,8]
 MODEL_DIR defaults to $LLMLAB_MODEL_DIR, then the importer's cache.
 """
 
@@ -101,7 +101,7 @@ async def main() -> None:
     ap.add_argument("model_dir", nargs="?", default=default)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-new", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--streams", default="1,8")
     args = ap.parse_args()
     counts = [int(s) for s in args.streams.split(",") if s]
