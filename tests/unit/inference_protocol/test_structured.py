@@ -92,6 +92,7 @@ def test_named_tool_choice_constrains_the_arguments_after_the_prefill(accepts) -
     grammar = plan.base.grammar
     assert accepts(grammar, '{"zone": "UTC"}}]</tool_call>')
     assert not accepts(grammar, '{"zone": "PST"}}]</tool_call>')
+    assert not accepts(grammar, '{\n  "zone": "UTC"}}]</tool_call>')  # our layout inside the call's %json too
     assert not accepts(grammar, '{"zone": "UTC"}}, {"name": "get_time", "arguments": {"zone": "UTC"}}]</tool_call>')
     assert "</tool_call>" not in plan.base.stop  # the grammar ends the answer; no stop string cuts arguments
 
