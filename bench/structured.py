@@ -7,8 +7,8 @@ be complete before `--max-new` tokens, so every stream writes exactly as many to
 constrained one spends them on the mixed structural and string tokens a real schema makes. Rates are over the decode
 phase (first token to last, per stream; aggregate: tokens while all streams decode / that time), the median of
 `--repeats` rounds, the two sides alternating round by round so that drift in machine load hits both. Also printed:
-the first (uncached) compile of the schema and of the openai SDK's schema for a nested Pydantic model, and a
-cached start.
+the first (uncached) compile of the schema and of the openai SDK's schema for a nested Pydantic model, a cached
+start, and the constrained work of one 8-row decode step timed piece by piece.
 Usage: python -m bench.structured [MODEL_DIR] [--threads 2] [--max-new 128] [--repeats 5] [--streams 1,8]
 MODEL_DIR defaults to $LLMLAB_MODEL_DIR, then the importer's cache.
 """
@@ -22,9 +22,11 @@ import os
 import statistics
 import time
 
+import numpy as np
+
 from services.inference.artifacts import default_cache_dir
 from services.inference.domain import GenerationRequest, Grammar, SamplingParams
-from services.inference.engine import Engine, EngineConfig
+from services.inference.engine import Engine, EngineConfig, RequestSampler, sample_batch
 from services.inference.engine.constraint import GrammarCompiler
 from services.inference.openai.structured import JSON_STYLE
 
@@ -95,6 +97,33 @@ def compile_ms(engine: Engine, schema: dict) -> tuple[float, float]:
     return first, (time.perf_counter() - t) * 1000
 
 
+def step_parts(engine: Engine, rows: int = 8) -> dict[str, float]:
+    """ms per decode step of the constrained work for `rows` sequences walking a valid answer (random logits):
+    the masks (the helper thread, while the model runs), masked sampling against plain sampling, the matchers'
+    advance (both on the critical path)."""
+    text = ", ".join(f'{{"name": "Person{i}", "age": {i}}}' for i in range(12))
+    tokens = engine.tokenizer.encode("[" + text)
+    constraints = [engine.grammars.constraint(Grammar("json_schema", json.dumps(PEOPLE))) for _ in range(rows)]
+    samplers = [RequestSampler(SamplingParams(temperature=0.0), []) for _ in range(rows)]
+    logits = np.random.default_rng(0).standard_normal((rows, engine.tokenizer.vocab_size)).astype(np.float32)
+    parts = {"masks": 0.0, "masked sampling": 0.0, "plain sampling": 0.0, "advance": 0.0}
+    for token in tokens:
+        t0 = time.perf_counter()
+        for c in constraints:
+            c.prepare()
+        t1 = time.perf_counter()
+        sample_batch(logits.copy(), samplers, [c.mask() for c in constraints])
+        t2 = time.perf_counter()
+        sample_batch(logits.copy(), samplers)
+        t3 = time.perf_counter()
+        for c in constraints:
+            c.advance(token)
+        t4 = time.perf_counter()
+        for name, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+            parts[name] += dt * 1000 / len(tokens)
+    return parts
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     default = os.environ.get("LLMLAB_MODEL_DIR") or str(default_cache_dir() / "smollm2-135m-instruct")
@@ -129,6 +158,8 @@ async def main() -> None:
         for name, schema in (("people array", PEOPLE), ("nested order (SDK-style $defs)", NESTED)):
             first, cached = compile_ms(engine, schema)
             print(f"compile {name}: first {first:.1f} ms, cached start {cached:.2f} ms")
+        parts = step_parts(engine)
+        print("per decode step, 8 constrained rows: " + ", ".join(f"{k} {v:.3f} ms" for k, v in parts.items()))
         print(f"grammar cache: {engine.grammars.stats()}")
     finally:
         await engine.stop()
