@@ -6,6 +6,18 @@ import contextvars
 from dataclasses import dataclass, field, replace
 
 
+@dataclass(frozen=True)
+class Grammar:
+    """A constraint on a generation's output, enforced token by token by the engine (engine/constraint.py).
+
+    kind "json_schema": `text` is a JSON Schema (as JSON text) the output must be an instance of; kind "lark": `text`
+    is a grammar in llguidance's Lark dialect (which embeds JSON schemas with `%json {...}`). A schema's layout
+    and leniency are llguidance's top-level `x-guidance` options inside it (openai/structured.py sets them)."""
+
+    kind: str
+    text: str
+
+
 @dataclass
 class SamplingParams:
     """Per-request sampling. Every request in a batch keeps its own (continuous batching never mixes them)."""
@@ -23,6 +35,7 @@ class SamplingParams:
     seed: int | None = None  # same seed + same params + same prompt -> same text
     logprobs: bool = False  # report the chosen token's logprob
     top_logprobs: int = 0  # and this many alternatives, 0..20
+    grammar: Grammar | None = None  # constrained decoding: every token keeps the output inside this grammar
 
 
 _INT64_MIN = -(2**63)

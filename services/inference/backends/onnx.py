@@ -30,6 +30,7 @@ class OnnxBackend:
 
     kind = "onnx"
     native_chat = False
+    supports_grammar = True  # the engine enforces SamplingParams.grammar (engine/constraint.py)
 
     def __init__(self, model: ModelRecord, engine: Engine) -> None:
         self.model = model

@@ -12,13 +12,14 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..domain import INTERACTIVE, GenerationEvent, GenerationRequest, TokenLogprob, TopLogprob, Usage
+from .constraint import TokenConstraint
 from .prefix_cache import PrefixCache, PrefixHit
 from .runner import ModelRunner
 from .sampling import RequestSampler, SampledToken, sample_batch
@@ -36,7 +37,13 @@ _RATE_SAMPLE_S = 0.25
 class SequenceState:
     """One request's state from submission to its final event."""
 
-    def __init__(self, request: GenerationRequest, stop_ids: frozenset[int], detok: IncrementalDetokenizer) -> None:
+    def __init__(
+        self,
+        request: GenerationRequest,
+        stop_ids: frozenset[int],
+        detok: IncrementalDetokenizer,
+        constraint: TokenConstraint | None = None,
+    ) -> None:
         self.request = request
         self.params = request.params
         self.prompt = list(request.prompt_token_ids)
@@ -51,6 +58,8 @@ class SequenceState:
         self.hit: PrefixHit | None = None  # prefix-cache blocks held from admission until copied into the slot
         self.next_token = -1  # the last sampled token, fed at the next decode step
         self.generated: list[int] = []
+        self.constraint = constraint  # constrained decoding (constraint.py): masks this sequence's logits
+        self.complete = False  # the grammar cannot grow any more: the sequence ends with "stop"
         self.cancelled = False
         self.finished = False
         self.t_submit = time.perf_counter()
@@ -447,7 +456,8 @@ class BatchCore:
                 seqs = list(self.decoding)
                 tokens = np.fromiter((s.next_token for s in seqs), dtype=np.int64, count=len(seqs))
                 lengths = np.fromiter((s.length for s in seqs), dtype=np.int64, count=len(seqs))
-                helper.prepare(self._render_and_emit, pending, events, emit)
+                constrained = [s.constraint for s in seqs if s.constraint is not None]
+                helper.prepare(self._render_and_emit, pending, events, emit, constrained)
                 pending, events = None, []
                 try:
                     started = time.perf_counter()
@@ -475,9 +485,15 @@ class BatchCore:
         pending: tuple[list[SequenceState], list[SampledToken | BaseException], float] | None,
         early: list[tuple[SequenceState, GenerationEvent]],
         emit: Callable[[list[tuple[SequenceState, GenerationEvent]]], None],
+        constrained: Sequence[TokenConstraint] = (),
     ) -> None:
         events = self._render(*pending) if pending is not None else []
         emit(events + early)
+        for constraint in constrained:  # the next token's masks, while the model computes its logits
+            try:
+                constraint.prepare()
+            except Exception:  # raised again, for that sequence alone, when _choose asks for its mask
+                pass
 
     def _drop_cancelled(
         self, seqs: list[SequenceState], events: list[tuple[SequenceState, GenerationEvent]]
@@ -519,19 +535,30 @@ class BatchCore:
         vocab = self.tokenizer.vocab_size
         if logits.shape[1] > vocab:
             logits[:, vocab:] = -np.inf
-        results = sample_batch(logits, [s.sampler for s in seqs])
+        masks: list[np.ndarray | BaseException | None] | None = None
+        if any(s.constraint is not None for s in seqs):
+            masks = [_mask(s.constraint) for s in seqs]
+        results = sample_batch(logits, [s.sampler for s in seqs], masks)
         now = time.perf_counter()
-        for seq, result in zip(seqs, results, strict=True):
+        for i, (seq, result) in enumerate(zip(seqs, results, strict=True)):
             if isinstance(result, BaseException):
                 seq.finished = True
                 continue
             token = result.token_id
+            if seq.constraint is not None and token not in seq.stop_ids:
+                try:
+                    seq.constraint.advance(token)
+                    seq.complete = seq.constraint.done
+                except Exception as exc:  # this sequence's grammar failed; the others go on
+                    results[i] = exc
+                    seq.finished = True
+                    continue
             seq.generated.append(token)
             seq.sampler.observe(token)
             seq.next_token = token
             if seq.t_first is None:
                 seq.t_first = now
-            if token in seq.stop_ids or len(seq.generated) >= seq.params.max_tokens:
+            if token in seq.stop_ids or seq.complete or len(seq.generated) >= seq.params.max_tokens:
                 seq.finished = True
         self.steps += 1
         self.tokens_generated += len(seqs)
@@ -567,9 +594,9 @@ class BatchCore:
         if stopped:
             seq.finished = True
             return self._final(seq, event, "stop", now)
-        if seq.finished:  # max_tokens
+        if seq.finished:  # the grammar is complete, or max_tokens
             event.text += self._drain(seq)
-            return self._final(seq, event, "length", now)
+            return self._final(seq, event, "stop" if seq.complete else "length", now)
         return event
 
     def _drain(self, seq: SequenceState) -> str:
@@ -648,6 +675,16 @@ def _call(fn: Callable[..., None], args: tuple[object, ...]) -> None:
         fn(*args)
     except Exception:
         log.exception("rendering a decode step failed")
+
+
+def _mask(constraint: TokenConstraint | None) -> np.ndarray | BaseException | None:
+    """A sequence's mask for sample_batch: None when it is unconstrained, the error when its grammar failed."""
+    if constraint is None:
+        return None
+    try:
+        return constraint.mask()
+    except Exception as exc:
+        return exc
 
 
 def _describe(exc: BaseException) -> str:

@@ -43,6 +43,7 @@ from llmlab.sampling import BOUNDS, violation
 from ..domain import INTERACTIVE, GenerationEvent, GenerationRequest, SamplingParams, TokenLogprob
 from .artifact import ModelArtifact, load_artifact
 from .batch import RATE_WINDOW_S, BatchCore, SampledToken, SequenceState
+from .constraint import GrammarCompiler, TokenConstraint, check_grammar
 from .errors import ContextLengthExceeded, EngineOverloaded, EngineStopped, InvalidRequest
 from .prefix_cache import PrefixCache, PrefixCacheStats
 from .runner import ModelRunner, host_buffer
@@ -80,6 +81,7 @@ class EngineConfig:
     batch_reserved_slots: int = 0
     interactive_window_s: float = 5.0
     share_prefill: bool = True  # equal prompts admitted in one step are prefilled once (n choices, a sweep's repeats)
+    grammar_cache: int = 128  # compiled grammars kept for constrained decoding (constraint.py), least recently used out
 
 
 @dataclass
@@ -97,6 +99,9 @@ class EngineStats:
     prompt_tokens: int = 0  # prompt tokens of admitted requests
     prefill_tokens: int = 0  # of those, the ones run through the model (the rest: prefix cache, shared prompts)
     cache: PrefixCacheStats | None = None  # None when prefix caching is off
+    grammars_cached: int = 0  # compiled grammars held for constrained decoding (constraint.py)
+    grammar_compiles: int = 0
+    grammar_cache_hits: int = 0
 
 
 class Engine:
@@ -140,6 +145,7 @@ class Engine:
         self._core = BatchCore(self._runner, artifact.tokenizer, config, cache)
         self._scorer = PromptScorer(artifact, vocab_size=artifact.tokenizer.vocab_size, chunk=config.prefill_tokens)
         self._scoring = 0  # scoring jobs waiting for the worker; a decode loop yields to them
+        self._grammars: GrammarCompiler | None = None  # built at the first constrained request
         self._waiting: collections.deque[SequenceState] = collections.deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -225,7 +231,14 @@ class Engine:
             prompt_tokens=core.prompt_tokens,
             prefill_tokens=core.prefill_tokens,
             cache=core.cache.stats() if core.cache is not None else None,
+            **self._grammar_stats(),
         )
+
+    def _grammar_stats(self) -> dict[str, int]:
+        if self._grammars is None:
+            return {}
+        g = self._grammars.stats()
+        return {"grammars_cached": g["grammars"], "grammar_compiles": g["misses"], "grammar_cache_hits": g["hits"]}
 
     def validate(self, request: GenerationRequest) -> None:
         """Raise `InvalidRequest` / `ContextLengthExceeded` for a request the engine would refuse."""
@@ -237,12 +250,34 @@ class Engine:
         if min(prompt) < 0 or max(prompt) >= vocab:
             raise InvalidRequest(f"prompt token ids must be in [0, {vocab})")
         _check_params(p)
+        if p.grammar is not None and (problem := check_grammar(p.grammar)) is not None:
+            raise InvalidRequest(f"invalid grammar: {problem}")
         if len(prompt) + p.max_tokens > self.max_seq_len:
             raise ContextLengthExceeded(len(prompt), p.max_tokens, self.max_seq_len)
 
+    @property
+    def grammars(self) -> GrammarCompiler:
+        """The grammar compiler over this model's tokenizer, with its cache of compiled grammars."""
+        if self._grammars is None:
+            self._grammars = GrammarCompiler(
+                self.tokenizer.to_json(), self.tokenizer.vocab_size, self.eos_token_ids, self.config.grammar_cache
+            )
+        return self._grammars
+
+    async def _constraint(self, request: GenerationRequest) -> TokenConstraint | None:
+        """The request's grammar as a fresh matcher; an uncached grammar compiles in a thread, off the event loop."""
+        grammar = request.params.grammar
+        if grammar is None:
+            return None
+        self.validate(request)
+        compiler = self.grammars
+        if compiler.cached(grammar):
+            return compiler.constraint(grammar)
+        return await asyncio.to_thread(compiler.constraint, grammar)
+
     async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
         """Stream one request's events; raises before queuing when the request cannot be served."""
-        seq = self._submit(request)
+        seq = self._submit(request, await self._constraint(request))
         try:
             while True:
                 event = await seq.queue.get()
@@ -281,7 +316,7 @@ class Engine:
         """A scored prompt position as the API's logprob entry (token text, bytes, alternatives)."""
         return self._core._logprob(scored.token_id, SampledToken(scored.token_id, scored.logprob, scored.top))
 
-    def _submit(self, request: GenerationRequest) -> SequenceState:
+    def _submit(self, request: GenerationRequest, constraint: TokenConstraint | None = None) -> SequenceState:
         if not self.running:
             raise EngineStopped("the engine is not running")
         self.validate(request)
@@ -290,7 +325,7 @@ class Engine:
         stop_ids = frozenset(request.params.stop_token_ids)
         if not request.params.ignore_eos:
             stop_ids |= self.eos_token_ids
-        seq = SequenceState(request, stop_ids, self.tokenizer.detokenizer(request.prompt_token_ids))
+        seq = SequenceState(request, stop_ids, self.tokenizer.detokenizer(request.prompt_token_ids), constraint)
         # Priority: an interactive request queues ahead of every waiting batch-class one (and notes the time, which
         # keeps slots reserved for the next ones: BatchCore.batch_cap); batch-class requests queue in order.
         if request.priority == INTERACTIVE:

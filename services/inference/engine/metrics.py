@@ -42,6 +42,9 @@ class EngineCollector:
         hits = counter("llmlab_engine_prefix_cache_hit_tokens", "Prompt tokens found in the prefix cache")
         rate = gauge("llmlab_engine_prefix_cache_hit_rate", "Prefix-cache hit tokens / queried tokens since start")
         evictions = counter("llmlab_engine_prefix_cache_evictions", "Prefix-cache blocks evicted (LRU)")
+        grammars = gauge("llmlab_engine_grammars_cached", "Compiled grammars held for constrained decoding")
+        compiles = counter("llmlab_engine_grammar_compiles", "Grammars compiled (constrained decoding cache misses)")
+        grammar_hits = counter("llmlab_engine_grammar_cache_hits", "Constrained requests served a cached grammar")
         for model, s in self._stats():
             labels = [model]
             running.add_metric(labels, s.active)
@@ -50,6 +53,9 @@ class EngineCollector:
             prompt.add_metric(labels, s.prompt_tokens)
             prefill.add_metric(labels, s.prefill_tokens)
             generated.add_metric(labels, s.tokens_generated)
+            grammars.add_metric(labels, s.grammars_cached)
+            compiles.add_metric(labels, s.grammar_compiles)
+            grammar_hits.add_metric(labels, s.grammar_cache_hits)
             if s.cache is not None:
                 c = s.cache
                 used.add_metric(labels, c.cached)
@@ -60,4 +66,4 @@ class EngineCollector:
                 rate.add_metric(labels, c.hit_rate)
                 evictions.add_metric(labels, c.evictions)
         yield from (running, queued, slots_free, prompt, prefill, generated, used, free, pinned, queried, hits, rate,
-                    evictions)
+                    evictions, grammars, compiles, grammar_hits)

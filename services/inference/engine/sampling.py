@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..domain import SamplingParams
+from .constraint import apply_mask
 
 
 @dataclass
@@ -164,19 +165,38 @@ def _sorted_probs(x: np.ndarray, ids: np.ndarray, lse: float) -> tuple[np.ndarra
     return ids, np.exp(values[order] - lse)
 
 
-def sample_batch(logits: np.ndarray, samplers: Sequence[RequestSampler]) -> list[SampledToken | BaseException]:
+def sample_batch(
+    logits: np.ndarray,
+    samplers: Sequence[RequestSampler],
+    masks: Sequence[np.ndarray | BaseException | None] | None = None,
+) -> list[SampledToken | BaseException]:
     """Choose the next token of every row of `logits` ([n, vocab], float32, modified in place).
 
-    A row whose processing fails yields the exception instead of a token, so one bad request never fails the rest.
+    `masks[i]`, when given, is row i's constrained-decoding mask (constraint.py): tokens outside it are never chosen.
+    It applies after the logprobs are taken (they stay the model's own distribution) and before the penalties. A row
+    whose processing fails (or whose mask is an exception) yields the exception instead of a token, so one bad
+    request never fails the rest.
     """
     n = len(samplers)
-    if all(s.plain_greedy for s in samplers):
+    if masks is None and all(s.plain_greedy for s in samplers):
         return [SampledToken(t) for t in logits[:n].argmax(axis=1).tolist()]
     results: list[SampledToken | BaseException] = [None] * n  # type: ignore[list-item]
     for i, sampler in enumerate(samplers):
+        mask = masks[i] if masks is not None else None
+        if isinstance(mask, BaseException):
+            results[i] = mask
+            continue
         try:
             row = logits[i]
-            raw = row.copy() if sampler.want_logprobs and sampler.has_penalties else row
+            if sampler.plain_greedy:
+                if mask is not None:
+                    apply_mask(row, mask)
+                results[i] = SampledToken(int(np.argmax(row)))
+                continue
+            copy = sampler.want_logprobs and (sampler.has_penalties or mask is not None)
+            raw = row.copy() if copy else row
+            if mask is not None:
+                apply_mask(row, mask)
             lse = _logsumexp(raw) if sampler.want_logprobs else 0.0
             top: list[tuple[int, float]] = []
             if sampler.top_logprobs > 0:

@@ -13,7 +13,7 @@ from typing import Any
 
 from llmlab.sampling import BOUNDS
 
-from ..domain import SamplingParams, fan_out
+from ..domain import Grammar, SamplingParams, fan_out
 from ..engine.chat_template import chatml
 from .protocol import (
     ChatCompletionRequest,
@@ -23,6 +23,7 @@ from .protocol import (
     PromptInput,
     ResponseFormat,
 )
+from .structured import chat_grammar
 from .tools import (
     TOOL_CALL_CLOSE,
     JsonOutput,
@@ -63,6 +64,7 @@ class EngineLimits:
     supports_min_tokens: bool = False  # idem
     supports_prompt_logprobs: bool = False  # echo + logprobs needs the prompt's logprobs from the engine
     supports_media: bool = False  # image/audio/file message parts
+    supports_grammar: bool = False  # constrained decoding: response_format and tools enforced (structured.py)
 
 
 def _check_limits(req: CommonRequest, limits: EngineLimits) -> None:
@@ -102,7 +104,8 @@ def _check_limits(req: CommonRequest, limits: EngineLimits) -> None:
 
 
 def _base_params(
-    req: CommonRequest, *, logprobs: bool, top_logprobs: int, extra_stop: Sequence[str] = ()
+    req: CommonRequest, *, logprobs: bool, top_logprobs: int, extra_stop: Sequence[str] = (),
+    grammar: Grammar | None = None,
 ) -> SamplingParams:
     """One choice's sampling with OpenAI's defaults; max_tokens is a placeholder until the prompt is counted."""
     temperature = 1.0 if req.temperature is None else req.temperature
@@ -125,6 +128,7 @@ def _base_params(
         seed=req.seed,
         logprobs=logprobs,
         top_logprobs=top_logprobs,
+        grammar=grammar,
     )
 
 
@@ -191,7 +195,7 @@ class ChatPlan(_Plan):
     def output_processor(self) -> OutputProcessor:
         """A fresh processor for one choice, already fed the prefill."""
         if self.tool_spec is not None:
-            return ToolCallOutput(self.tool_spec, self.assistant_prefix)
+            return ToolCallOutput(self.tool_spec, self.assistant_prefix, constrained=self.base.grammar is not None)
         if self.response_format.type != "text":
             return JsonOutput(self.assistant_prefix)
         return PlainOutput(self.assistant_prefix)
@@ -328,6 +332,9 @@ def build_chat_plan(
             messages=openai_messages(req.messages),
             native=_native_options(req),
         )
+    # With constrained decoding the grammar enforces the answer (and writes the `{` a JSON answer starts with);
+    # without, the prefill and the instructions steer the model and the output is read back leniently.
+    grammar = chat_grammar(req.response_format, spec) if limits.supports_grammar else None
     turns = render_conversation(req.messages)
     sections: list[str] = []
     prefix = ""
@@ -336,14 +343,14 @@ def build_chat_plan(
         prefix = assistant_prefix(spec)
     if req.response_format.type != "text":
         sections.append(json_mode_instruction(req.response_format.schema))
-        if spec is None:
+        if spec is None and grammar is None:
             prefix = "{"
     if sections:
         turns = _with_system(turns, "\n\n".join(sections))
     prompt = chat_template(turns, True) + prefix
 
-    base = _base_params(req, logprobs=req.logprobs, top_logprobs=top,
-                        extra_stop=(TOOL_CALL_CLOSE,) if spec is not None else ())
+    base = _base_params(req, logprobs=req.logprobs, top_logprobs=top, grammar=grammar,
+                        extra_stop=(TOOL_CALL_CLOSE,) if spec is not None and grammar is None else ())
     return ChatPlan(
         **_plan_fields(req, base, limits),
         prompt=prompt,

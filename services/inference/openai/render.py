@@ -169,7 +169,9 @@ def _tool_calls_json(calls: Sequence[ToolCall]) -> list[dict[str, Any]]:
 
 
 def _final_reason(plan: ChatPlan, calls: Sequence[ToolCall], engine_reason: str | None) -> str:
-    if calls:
+    """"tool_calls" (legacy: "function_call") when the answer is calls, unless max_tokens cut it ("length", as
+    OpenAI says of a call whose arguments were cut)."""
+    if calls and engine_reason != "length":
         return "function_call" if plan.tool_spec is not None and plan.tool_spec.legacy else "tool_calls"
     return finish_reason(engine_reason)
 
@@ -340,6 +342,14 @@ class ChatCompletionStream(_StreamEnd):
             choice.logprobs = []
         return self._chunk([{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": reason}])
 
+    def _call_frames(self, index: int, deltas: list[dict[str, Any]]) -> list[bytes]:
+        """Tool-call deltas as chunks (legacy `functions`: as `function_call` deltas, name first)."""
+        if self.plan.tool_spec is not None and self.plan.tool_spec.legacy:
+            return [self._delta(index, {"function_call": {"name": d["function"]["name"], "arguments": ""}
+                                        if "id" in d else {"arguments": d["function"]["arguments"]}})
+                    for d in deltas if d["index"] == 0]
+        return [self._delta(index, {"tool_calls": [d]}) for d in deltas]
+
     def start(self) -> list[bytes]:
         """The role chunk of every choice."""
         return [
@@ -364,6 +374,7 @@ class ChatCompletionStream(_StreamEnd):
         text = choice.processor.feed(event.text)
         if text:
             frames.append(self._delta(index, {"content": text}))
+        frames += self._call_frames(index, choice.processor.call_deltas())
         if event.finish_reason is None:
             return frames
         choice.finished = True
@@ -371,15 +382,7 @@ class ChatCompletionStream(_StreamEnd):
         rest = choice.processor.finish()
         if rest.content_tail:
             frames.append(self._delta(index, {"content": rest.content_tail}))
-        legacy = self.plan.tool_spec is not None and self.plan.tool_spec.legacy
-        for i, call in enumerate(rest.tool_calls):
-            if legacy:
-                frames.append(self._delta(index, {"function_call": {"name": call.name, "arguments": ""}}))
-                frames.append(self._delta(index, {"function_call": {"arguments": call.arguments}}))
-                continue
-            head = {"index": i, "id": call.id, "type": "function", "function": {"name": call.name, "arguments": ""}}
-            frames.append(self._delta(index, {"tool_calls": [head]}))
-            frames.append(self._delta(index, {"tool_calls": [{"index": i, "function": {"arguments": call.arguments}}]}))
+        frames += self._call_frames(index, choice.processor.call_deltas())
         reason = _final_reason(self.plan, rest.tool_calls, event.finish_reason)
         frames.append(self._delta(index, {}, reason))
         return frames

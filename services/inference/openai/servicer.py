@@ -74,7 +74,8 @@ def model_info(record: ModelRecord) -> ModelInfo:
 def engine_limits(backend: Backend) -> EngineLimits:
     limits = backend.limits()
     return EngineLimits(context_length=limits.context_length, max_output_tokens=limits.max_output_tokens,
-                        vocab_size=limits.vocab_size, supports_prompt_logprobs=hasattr(backend, "prompt_logprobs"))
+                        vocab_size=limits.vocab_size, supports_prompt_logprobs=hasattr(backend, "prompt_logprobs"),
+                        supports_grammar=getattr(backend, "supports_grammar", False))
 
 
 async def _prompt_only(prompt_tokens: int) -> AsyncIterator[GenerationEvent]:

@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from .call_stream import CallStream
+
 TOOL_CALL_OPEN = "<tool_call>"
 TOOL_CALL_CLOSE = "</tool_call>"
 TOOL_RESPONSE_OPEN = "<tool_response>"
@@ -363,6 +365,10 @@ class OutputProcessor(Protocol):
         """Content that can be emitted now."""
         ...
 
+    def call_deltas(self) -> list[dict[str, Any]]:
+        """Tool-call deltas (OpenAI's streamed `tool_calls[]` items) that can be emitted now."""
+        ...
+
     def finish(self) -> ProcessedOutput: ...
 
 
@@ -370,6 +376,9 @@ class PlainOutput:
     """No tools, no JSON mode: every piece of text is content."""
 
     complete = False
+
+    def call_deltas(self) -> list[dict[str, Any]]:
+        return []
 
     def __init__(self, prefix: str = "") -> None:
         self._pending = prefix
@@ -406,6 +415,9 @@ class JsonOutput:
         self._emitted += len(text)
         return text
 
+    def call_deltas(self) -> list[dict[str, Any]]:
+        return []
+
     def finish(self) -> ProcessedOutput:
         return ProcessedOutput(content_tail=self.feed(""))
 
@@ -439,15 +451,23 @@ def _bare_json_start(head: str) -> Literal["yes", "no", "maybe"]:
 
 class ToolCallOutput:
     """Tool mode: content streams until a `<tool_call>` starts (or the text looks like a bare JSON call list);
-    from there the text is held and parsed at the end. Unparseable held text is released as content."""
+    from there the text is held and parsed at the end. Unparseable held text is released as content.
 
-    def __init__(self, spec: ToolSpec, prefix: str = "", new_id: Callable[[], str] = new_call_id) -> None:
+    `constrained`: the output follows structured.tool_grammar, so calls are read as they are written
+    (call_stream.py) and streamed as OpenAI streams them: each call's head, then its arguments in fragments."""
+
+    def __init__(
+        self, spec: ToolSpec, prefix: str = "", new_id: Callable[[], str] = new_call_id, *, constrained: bool = False
+    ) -> None:
         self._spec = spec
         self._new_id = new_id
         self._text = ""
         self._emitted = 0
         self._held = False  # a call (or a possible bare JSON call list) has started: nothing more is emitted
         self._pending = prefix
+        self._stream = CallStream(new_id) if constrained else None
+        self._streamed = 0  # of the held text, characters given to the call stream
+        self._deltas: list[dict[str, Any]] = []
 
     @property
     def complete(self) -> bool:
@@ -458,14 +478,17 @@ class ToolCallOutput:
         text, self._pending = self._pending + text, ""
         self._text += text
         if self._held:
+            self._stream_calls()
             return ""
         i = self._text.find(TOOL_CALL_OPEN, self._emitted)
         if i >= 0:
             self._held = True
             out = self._text[self._emitted:i]
             self._emitted = i
+            self._streamed = i + len(TOOL_CALL_OPEN) + 1  # past `<tool_call>[`
+            self._stream_calls()
             return out
-        if self._emitted == 0:
+        if self._emitted == 0 and self._stream is None:  # constrained: only `<tool_call>` opens a call
             start = _bare_json_start(self._text.lstrip())
             if start == "yes":
                 self._held = True
@@ -476,8 +499,20 @@ class ToolCallOutput:
         self._emitted = max(self._emitted, end)
         return out
 
+    def _stream_calls(self) -> None:
+        if self._stream is not None and len(self._text) > self._streamed:
+            self._deltas += self._stream.feed(self._text[self._streamed:])
+            self._streamed = len(self._text)
+
+    def call_deltas(self) -> list[dict[str, Any]]:
+        out, self._deltas = self._deltas, []
+        return out
+
     def finish(self) -> ProcessedOutput:
         self.feed("")
+        if self._stream is not None and self._stream.calls:  # as read (one cut by max_tokens: arguments so far)
+            calls = [ToolCall(c.id, c.name, c.arguments) for c in self._stream.calls]
+            return ProcessedOutput(content_tail="", tool_calls=calls)
         parsed = parse_tool_output(self._text, self._spec, self._new_id)
         rest = self._text[self._emitted:]
         if not parsed.tool_calls:
@@ -486,4 +521,8 @@ class ToolCallOutput:
             return ProcessedOutput(content_tail=_outside(rest, _blocks(rest)))
         blocks = _blocks(rest)
         tail = _outside(rest, blocks) if blocks else ""
+        for i, call in enumerate(parsed.tool_calls):  # read at the end: each call whole
+            self._deltas.append({"index": i, "id": call.id, "type": "function",
+                                 "function": {"name": call.name, "arguments": ""}})
+            self._deltas.append({"index": i, "function": {"arguments": call.arguments}})
         return ProcessedOutput(content_tail=tail, tool_calls=parsed.tool_calls)
