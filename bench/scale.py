@@ -17,12 +17,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import json
 import time
+import uuid
 
 import asyncpg
 
 from bench._stack import KeepAliveClient, admin_key, percentile, running_platform
 
+# One of the 1,000 owners of the loaded experiments (the load's md5('user-' || g % 1000) as a UUID).
+OWNER = str(uuid.UUID(hashlib.md5(b"user-7").hexdigest()))
 # The indexes migration 0004 adds beside what 0001 had; "before" drops these and restores 0001's.
 NEW_INDEXES = ("experiments_created_at_idx", "experiments_updated_at_idx", "experiments_name_idx",
                "experiments_quality_desc_idx", "experiments_quality_asc_idx", "experiments_status_created_idx",
@@ -33,7 +38,7 @@ OLD_INDEXES = ("CREATE INDEX experiments_created_at_idx ON experiments (created_
 
 LOAD_EXPERIMENTS = """
 INSERT INTO experiments (name, description, type, status, model, prompt, parameters, response_count, tags,
-                         favorited, archived, created_at, updated_at)
+                         favorited, archived, created_at, updated_at, owner_id)
 SELECT 'Experiment ' || substr(md5(g::text), 1, 12),
        'Parameter study ' || substr(md5((g * 7)::text), 1, 24),
        CASE WHEN g % 10 = 0 THEN 'batch' ELSE 'single' END,
@@ -41,7 +46,8 @@ SELECT 'Experiment ' || substr(md5(g::text), 1, 12),
        (ARRAY['gpt-4', 'gpt-3.5-turbo', 'claude-3', 'smollm2-135m-instruct', 'llama-3'])[1 + g % 5],
        'Write a short story about a lighthouse.', '{"temperature": 0.7, "top_p": 0.9}', 10,
        ARRAY['t' || (g % 100)], g % 97 = 0, g % 20 = 0,
-       now() - make_interval(secs => g * 30), now() - make_interval(secs => g * 29)
+       now() - make_interval(secs => g * 30), now() - make_interval(secs => g * 29),
+       md5('user-' || (g % 1000))::uuid::text
 FROM generate_series($1::bigint, $2::bigint) g
 """
 LOAD_RESPONSES = """
@@ -106,8 +112,9 @@ async def load(conn: asyncpg.Connection, experiments: int, responses: int) -> No
           flush=True)
 
 
-def requests(experiments: int) -> list[tuple[str, list[str]]]:
-    """(label, paths): each label's requests cycle over its paths (different ids and terms, not one cached row)."""
+def requests(experiments: int, cursor: str) -> list[tuple[str, list[str]]]:
+    """(label, paths): each label's requests cycle over its paths (different ids and terms, not one cached row);
+    `cursor` is the research list's end_cursor after its first page."""
     ids = [1 + (i * 7919) % experiments for i in range(10)]
     deep = max(1, min(5000, experiments // 20 // 2))
     return [
@@ -125,6 +132,12 @@ def requests(experiments: int) -> list[tuple[str, list[str]]]:
         ("history ?favorited=true&search=Exp", ["/api/experiments/history?favorited=true&search=Exp&limit=20"]),
         ("batch-experiments ?limit=20", ["/api/batch-experiments?limit=20"]),
         ("batch-experiments ?status=completed&page=100", ["/api/batch-experiments?status=completed&page=100"]),
+        ("research /experiments?limit=20", ["/experiments?limit=20"]),
+        ("research /experiments?limit=20&offset=100000", ["/experiments?limit=20&offset=100000"]),
+        ("research /experiments?after=<cursor>", [f"/experiments?limit=20&after={cursor}"]),
+        ("research /experiments?status=completed", ["/experiments?status=completed&limit=20"]),
+        ("research /experiments?owner_id=<uuid>", [f"/experiments?owner_id={OWNER}&limit=20"]),
+        ("research /experiments?tags=t7", ["/experiments?tags=t7&limit=20"]),
         ("responses/{experiment_id}", [f"/api/responses/{i}?limit=20" for i in ids]),
         ("responses/comparison ?limit=20", ["/api/responses/comparison?limit=20"]),
         ("responses/comparison ?quality_min=90&sort_by=quality",
@@ -163,8 +176,10 @@ async def main() -> int:
         client = KeepAliveClient(cfg.gateway_port, {"authorization": f"Bearer {key}"})
         try:
             await load(conn, args.experiments, args.responses)
+            status, body = await client.get("/experiments?limit=20")
+            cursor = json.loads(body)["page_info"]["end_cursor"] if status == 200 else ""
             after = {label: await measure(client, paths, args.requests)
-                     for label, paths in requests(args.experiments)}
+                     for label, paths in requests(args.experiments, cursor)}
             defs = await conn.fetch("SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema()"
                                     " AND indexname = ANY($1::text[])", list(NEW_INDEXES))
             for d in defs:
@@ -173,7 +188,7 @@ async def main() -> int:
                 await conn.execute(sql)
             await conn.execute("ANALYZE experiments")
             before = {label: await measure(client, paths, args.requests)
-                      for label, paths in requests(args.experiments)}
+                      for label, paths in requests(args.experiments, cursor)}
         finally:
             client.close()
             await conn.close()

@@ -111,12 +111,3 @@ async def test_unknown_paths_are_404_in_the_family_shape(http, path, family):
 async def test_oversized_body_is_413(http, target):
     big = {**VALID, "prompt": "x" * (2 * 1024 * 1024)}
     assert_lab_error(await http.post("/api/experiments", json=big), 413, "PAYLOAD_TOO_LARGE")
-
-
-async def test_unimplemented_endpoints_are_501_in_each_family(http):
-    lab = assert_lab_error(await http.get("/api/evaluations"), 501, "NOT_IMPLEMENTED")
-    assert lab["message"] == "ListEvaluations is not implemented yet"
-    r = await http.get("/v1/batches/batch_123")
-    assert r.status_code == 501
-    assert r.json()["error"]["type"] == "api_error" and r.json()["request_id"] == r.headers["x-request-id"]
-    # every research route is built (docs/research.md); an unknown research path is 404 in its shape instead

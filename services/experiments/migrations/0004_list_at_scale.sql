@@ -50,21 +50,21 @@ CREATE TRIGGER responses_rollup
     AFTER INSERT OR DELETE OR UPDATE OF experiment_id, status, cost, response_time_ms, overall_quality ON responses
     FOR EACH ROW EXECUTE FUNCTION experiments_response_rollup();
 
--- 2. One index per documented sort key, each carrying the equality filters (INCLUDE), so a page, however deep,
---    is an index-only walk of its offset plus 20 row fetches. Quality can be null and is listed NULLS LAST in
---    both directions, hence two indexes; the other keys are NOT NULL and are scanned backward for the other
---    direction.
+-- 2. One index per documented sort key, each carrying the equality filters (INCLUDE; owner_id for the research
+--    view), so a page, however deep, is an index-only walk of its offset plus 20 row fetches. Quality can be null
+--    and is listed NULLS LAST in both directions, hence two indexes; the other keys are NOT NULL and are scanned
+--    backward for the other direction.
 DROP INDEX experiments_created_at_idx;
 CREATE INDEX experiments_created_at_idx ON experiments (created_at DESC, id DESC)
-    INCLUDE (archived, status, type, model, favorited);
+    INCLUDE (archived, status, type, model, favorited, owner_id);
 CREATE INDEX experiments_updated_at_idx ON experiments (updated_at DESC, id DESC)
-    INCLUDE (archived, status, type, model, favorited);
+    INCLUDE (archived, status, type, model, favorited, owner_id);
 CREATE INDEX experiments_name_idx ON experiments (lower(name), id)
-    INCLUDE (archived, status, type, model, favorited);
+    INCLUDE (archived, status, type, model, favorited, owner_id);
 CREATE INDEX experiments_quality_desc_idx ON experiments (quality_score DESC NULLS LAST, id DESC)
-    INCLUDE (archived, status, type, model, favorited);
+    INCLUDE (archived, status, type, model, favorited, owner_id);
 CREATE INDEX experiments_quality_asc_idx ON experiments (quality_score ASC NULLS LAST, id ASC)
-    INCLUDE (archived, status, type, model, favorited);
+    INCLUDE (archived, status, type, model, favorited, owner_id);
 DROP INDEX experiments_status_idx;
 DROP INDEX experiments_model_idx;
 CREATE INDEX experiments_status_created_idx ON experiments (status, created_at DESC, id DESC) INCLUDE (archived);

@@ -8,6 +8,8 @@ from typing import Any
 
 import asyncpg
 
+from llmlab.runtime import db
+
 from .domain import NewResearchExperiment, ResearchListQuery
 from .templates import NewTemplate
 
@@ -156,8 +158,10 @@ class ResearchRepository:
     async def get(self, experiment_id: str) -> ResearchRow | None:
         return await self._get(self._pool, "e.uuid = $1::uuid", experiment_id)
 
-    async def list(self, q: ResearchListQuery) -> tuple[list[ResearchRow], int | None, bool]:
-        """(page, total or None in cursor mode, has_more). Newest first: (created_at, id) descending."""
+    async def list(self, q: ResearchListQuery) -> tuple[list[ResearchRow], db.Total | None, bool]:
+        """(page, total or None in cursor mode, has_more). Newest first: (created_at, id) descending. The page's
+        ids come from the created_at index, then only its rows are read; the total is exact up to
+        db.EXACT_COUNT_CAP, else the planner's estimate (docs/scale.md)."""
         clauses, args = [], []
 
         def arg(v: Any) -> str:
@@ -174,14 +178,19 @@ class ResearchRepository:
         if q.after:
             clauses.append(f"(e.created_at, e.id) < ({arg(q.after[0])}, {arg(q.after[1])})")
         where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
-        sql = (f"SELECT {_EXP} FROM experiments e {where} ORDER BY e.created_at DESC, e.id DESC "
-               f"LIMIT {q.limit + 1} OFFSET {int(q.offset or 0)}")
+        order = "e.created_at DESC, e.id DESC"
+        sql = (f"WITH page AS MATERIALIZED (SELECT e.id FROM experiments e {where} ORDER BY {order} "
+               f"LIMIT {q.limit + 1} OFFSET {int(q.offset or 0)}) "
+               f"SELECT {_EXP} FROM page JOIN experiments e ON e.id = page.id ORDER BY {order}")
         async with self._pool.acquire() as conn:
             rows = [ResearchRow.of(r) for r in await conn.fetch(sql, *args)]
             total = None
             if q.after is None:
                 fw = ("WHERE " + " AND ".join(filters)) if filters else ""
-                total = await conn.fetchval(f"SELECT count(*) FROM experiments e {fw}", *args[:len(filters)])
+                total = await db.count_capped(conn, f"FROM experiments e {fw}", args[:len(filters)])
+                floor = int(q.offset or 0) + min(len(rows), q.limit) + int(len(rows) > q.limit)
+                if total.estimated or len(rows) > q.limit:
+                    total = db.Total(max(total.value, floor), total.estimated)
         return rows[:q.limit], total, len(rows) > q.limit
 
     async def update(self, experiment_id: str, changes: dict[str, Any],

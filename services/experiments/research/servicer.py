@@ -124,9 +124,11 @@ class ResearchExperimentServicer(pb_grpc.ResearchExperimentServiceServicer):
         out = pb.ListResearchExperimentsResponse(data=[experiment_pb(r) for r in rows])
         if total is not None:
             start = q.offset or 0
-            links = domain.offset_links("/experiments", q.link_query(), q.limit, start, total)
-            out.pagination.CopyFrom(common_pb2.OffsetPagination(total=total, limit=q.limit, offset=start,
+            links = domain.offset_links("/experiments", q.link_query(), q.limit, start, total.value)
+            out.pagination.CopyFrom(common_pb2.OffsetPagination(total=total.value, limit=q.limit, offset=start,
                                                                 has_more=has_more))
+            if total.estimated:
+                out.pagination.total_estimated = True
             out.links.CopyFrom(common_pb2.PageLinks(self=links["self"], next=value(links["next"]),
                                                     first=links["first"], last=links["last"]))
         if q.offset is None:
