@@ -166,8 +166,13 @@ class SweepRepository:
         where = "WHERE s.status = $1" if status else "WHERE $1 = ''"
         async with self._pool.acquire() as conn:
             total = await db.count_capped(conn, f"FROM sweeps s {where}", [status])
-            rows = await conn.fetch(f"{_SELECT} {where} ORDER BY s.created_at DESC, s.experiment_id DESC "
-                                    "LIMIT $2 OFFSET $3", status, limit + 1, offset)
+            # The page's ids first (an index walk of the offset), then the progress counts of those rows only.
+            rows = await conn.fetch(
+                f"""WITH page AS MATERIALIZED (
+                        SELECT s.experiment_id FROM sweeps s {where}
+                        ORDER BY s.created_at DESC, s.experiment_id DESC LIMIT $2 OFFSET $3)
+                    {_SELECT} JOIN page ON page.experiment_id = s.experiment_id
+                    ORDER BY s.created_at DESC, s.experiment_id DESC""", status, limit + 1, offset)
         items = [SweepRow.from_record(r) for r in rows[:limit]]
         has_next = len(rows) > limit
         if total.estimated or has_next:
