@@ -3,17 +3,11 @@ service's settings, Postgres schema and blob store; serve gRPC health on LLMLAB_
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
-import sys
 
-import asyncpg
-import redis.asyncio as redis
-
-from llmlab.runtime import ServiceApp, ServiceSpec, SettingsError, load_settings
-from llmlab.runtime.logs import configure_logging
-from llmlab.runtime.server import serve
+from llmlab.runtime import ServiceApp, ServiceSpec
+from llmlab.runtime.server import main as run_service
 
 from .app import SPEC, open_deps
 from .exports.jobs import ExportJobs, ExportWorker
@@ -41,18 +35,7 @@ WORKER_SPEC = ServiceSpec(
 
 def main() -> None:
     """Settings are the files service's (LLMLAB_FILES_*); only the port is the worker's own."""
-    try:
-        port = int(os.environ.get("LLMLAB_FILES_WORKER_PORT", "0"))
-        settings = load_settings(FilesSettings, "files", port=port)
-    except (SettingsError, ValueError) as exc:
-        print(f"llmlab-files-worker: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    configure_logging(WORKER_SPEC.name, settings.log_level, settings.log_format)
-    try:
-        asyncio.run(serve(WORKER_SPEC, settings))
-    except (OSError, asyncpg.PostgresError, redis.ConnectionError) as exc:
-        print(f"llmlab-files-worker: failed to start: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
+    run_service(WORKER_SPEC, settings_of="files", port_env="LLMLAB_FILES_WORKER_PORT")
 
 
 if __name__ == "__main__":

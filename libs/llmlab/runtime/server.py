@@ -259,11 +259,15 @@ async def serve(spec: ServiceSpec, settings: ServiceSettings) -> None:
     await app.stop()
 
 
-def main(spec: ServiceSpec) -> None:
-    """Entry point of `python -m services.<name>`: settings fail fast with exit code 2."""
+def main(spec: ServiceSpec, *, settings_of: str | None = None, port_env: str | None = None) -> None:
+    """Entry point of `python -m services.<name>` (and of a worker process type: `settings_of` names the service
+    whose LLMLAB_<SERVICE>_* settings it reads, `port_env` the variable of its own gRPC health port, 0: any).
+    Settings fail fast with exit code 2; a start that cannot reach its stores exits 1."""
     try:
-        settings = load_settings(spec.settings_cls, spec.name)
-    except SettingsError as exc:
+        port = int(os.environ.get(port_env, "0")) if port_env else None
+        settings = (load_settings(spec.settings_cls, settings_of or spec.name, port=port) if port is not None
+                    else load_settings(spec.settings_cls, spec.name))
+    except (SettingsError, ValueError) as exc:
         print(f"llmlab-{spec.name}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     configure_logging(spec.name, settings.log_level, settings.log_format)

@@ -21,17 +21,13 @@ import pathlib
 import shutil
 import signal
 import socket
-import sys
 import time
 from typing import Any
 
-import asyncpg
-import redis.asyncio as redis
 import structlog
 
-from llmlab.runtime import ServiceApp, ServiceSpec, SettingsError, load_settings
-from llmlab.runtime.logs import configure_logging
-from llmlab.runtime.server import serve
+from llmlab.runtime import ServiceApp, ServiceSpec
+from llmlab.runtime.server import main as run_service
 from llmlab.runtime.streams import StreamConsumer, StreamMessage
 
 from ..app import SPEC
@@ -256,18 +252,7 @@ WORKER_SPEC = ServiceSpec(
 
 def main() -> None:
     """Settings are the inference service's (LLMLAB_INFERENCE_*); only the port is the worker's own."""
-    try:
-        port = int(os.environ.get("LLMLAB_TRAINING_WORKER_PORT", "0"))
-        settings = load_settings(InferenceSettings, "inference", port=port)
-    except (SettingsError, ValueError) as exc:
-        print(f"llmlab-training-worker: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    configure_logging(WORKER_SPEC.name, settings.log_level, settings.log_format)
-    try:
-        asyncio.run(serve(WORKER_SPEC, settings))
-    except (OSError, asyncpg.PostgresError, redis.ConnectionError) as exc:
-        print(f"llmlab-training-worker: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
+    run_service(WORKER_SPEC, settings_of="inference", port_env="LLMLAB_TRAINING_WORKER_PORT")
 
 
 if __name__ == "__main__":
