@@ -108,9 +108,11 @@ class TrainingJobs:
             await self.repo.add_event(row.id, note)
         await self.repo.add_event(row.id, f"Validated training file: {train.count} examples"
                                   + (f", validation file: {valid.count} examples" if valid else ""))
+        # The answer describes the job as created: read before it is queued, since a worker may take it at once.
+        created = await self.repo.get(row.id)
         await self._enqueue(row)
         await self._event("fine_tuning.job.created", row)
-        return await self.repo.get(row.id)  # type: ignore[return-value]
+        return created  # type: ignore[return-value]
 
     async def _event(self, kind: str, row: JobRow) -> None:
         if self._queue is None:
