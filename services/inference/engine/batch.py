@@ -1,29 +1,29 @@
-"""The batch the engine runs: its sequences, the plan of each step (on the event loop) and the steps themselves
-(prefill, chunked prefill, decode; in the worker thread), with the rendering of each step's events.
+"""The batch the engine runs: the plan of each step (on the event loop) and the steps themselves (prefill, chunked
+prefill, decode; in the worker thread), with the rendering of each step's events. A sequence's state is in
+sequence.py, the thread that renders a step while the next runs in render_thread.py.
 
 engine.py describes the scheduling; this module is its mechanics.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..domain import INTERACTIVE, GenerationEvent, GenerationRequest, TokenLogprob, TopLogprob, Usage
+from ..domain import INTERACTIVE, GenerationEvent, TokenLogprob, TopLogprob, Usage
 from .constraint import TokenConstraint
-from .prefix_cache import PrefixCache, PrefixHit
+from .prefix_cache import PrefixCache
+from .render_thread import RenderThread
 from .runner import ModelRunner
-from .sampling import RequestSampler, SampledToken, sample_batch
-from .tokenizer import IncrementalDetokenizer, ModelTokenizer, StopMatcher
+from .sampling import SampledToken, sample_batch
+from .sequence import SequenceState, Step
+from .tokenizer import ModelTokenizer
 
 if TYPE_CHECKING:
     from .engine import EngineConfig
@@ -32,45 +32,6 @@ log = logging.getLogger(__name__)
 
 RATE_WINDOW_S = 10.0
 _RATE_SAMPLE_S = 0.25
-
-
-class SequenceState:
-    """One request's state from submission to its final event."""
-
-    def __init__(
-        self,
-        request: GenerationRequest,
-        stop_ids: frozenset[int],
-        detok: IncrementalDetokenizer,
-        constraint: TokenConstraint | None = None,
-    ) -> None:
-        self.request = request
-        self.params = request.params
-        self.prompt = list(request.prompt_token_ids)
-        self.sampler = RequestSampler(request.params, self.prompt)
-        self.detok = detok
-        self.stop = StopMatcher(request.params.stop)
-        self.stop_ids = stop_ids
-        self.queue: asyncio.Queue[GenerationEvent] = asyncio.Queue()
-        self.slot = -1
-        self.length = 0  # positions written in the KV cache
-        self.prefilled = 0  # prompt tokens cached so far (chunked prefill)
-        self.hit: PrefixHit | None = None  # prefix-cache blocks held from admission until copied into the slot
-        self.next_token = -1  # the last sampled token, fed at the next decode step
-        self.generated: list[int] = []
-        self.constraint = constraint  # constrained decoding (constraint.py): masks this sequence's logits
-        self.complete = False  # the grammar cannot grow any more: the sequence ends with "stop"
-        self.cancelled = False
-        self.finished = False
-        self.t_submit = time.perf_counter()
-        self.t_first: float | None = None
-
-
-@dataclass
-class Step:
-    kind: str  # "prefill", "chunk", "decode" or "reap"
-    admitted: list[SequenceState] = field(default_factory=list)
-    tokens: int = 0  # prompt tokens this step may compute
 
 
 class BatchCore:
@@ -100,7 +61,7 @@ class BatchCore:
             [(time.perf_counter(), 0)], maxlen=int(RATE_WINDOW_S / _RATE_SAMPLE_S) + 1
         )
         self._lock = threading.Lock()
-        self._helper: _Helper | None = None
+        self._helper: RenderThread | None = None
         self.last_interactive = -1e9  # monotonic time of the last interactive submission (engine.py "Priority")
 
     def close(self) -> None:
@@ -440,7 +401,7 @@ class BatchCore:
         the step already running; that row's output is dropped.
         """
         if self._helper is None:
-            self._helper = _Helper()
+            self._helper = RenderThread()
         helper = self._helper
         pending: tuple[list[SequenceState], list[SampledToken | BaseException], float] | None = None
         events: list[tuple[SequenceState, GenerationEvent]] = []  # not yet handed out
@@ -628,53 +589,6 @@ class BatchCore:
         with self._lock:
             self.requests_finished += 1
         return event
-
-
-class _Helper:
-    """The thread that renders a decode step while the next one runs: `prepare` a job, `start` it right before the
-    model runs, `finish` waits for it (or runs it in place if it never started). Errors are logged, never raised."""
-
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Callable[..., None], tuple[object, ...]] | None] = queue.SimpleQueue()
-        self._done: queue.SimpleQueue[None] = queue.SimpleQueue()
-        self._job: tuple[Callable[..., None], tuple[object, ...]] | None = None
-        self._running = False
-        self._thread = threading.Thread(target=self._work, name="engine-render", daemon=True)
-        self._thread.start()
-
-    def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            _call(*job)
-            self._done.put(None)
-
-    def prepare(self, fn: Callable[..., None], *args: object) -> None:
-        self._job = (fn, args)
-
-    def start(self) -> None:
-        if self._job is not None:
-            self._jobs.put(self._job)
-            self._job = None
-            self._running = True
-
-    def finish(self) -> None:
-        if self._running:
-            self._done.get()
-            self._running = False
-        elif self._job is not None:
-            job, self._job = self._job, None
-            _call(*job)
-
-    def close(self) -> None:
-        self.finish()
-        self._jobs.put(None)
-        self._thread.join()
-
-
-def _call(fn: Callable[..., None], args: tuple[object, ...]) -> None:
-    try:
-        fn(*args)
-    except Exception:
-        log.exception("rendering a decode step failed")
 
 
 def _mask(constraint: TokenConstraint | None) -> np.ndarray | BaseException | None:

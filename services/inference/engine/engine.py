@@ -42,12 +42,14 @@ from llmlab.sampling import BOUNDS, violation
 
 from ..domain import INTERACTIVE, GenerationEvent, GenerationRequest, SamplingParams, TokenLogprob
 from .artifact import ModelArtifact, load_artifact
-from .batch import RATE_WINDOW_S, BatchCore, SampledToken, SequenceState
+from .batch import RATE_WINDOW_S, BatchCore
 from .constraint import GrammarCompiler, TokenConstraint, check_grammar
 from .errors import ContextLengthExceeded, EngineOverloaded, EngineStopped, InvalidRequest
 from .prefix_cache import PrefixCache, PrefixCacheStats
 from .runner import ModelRunner, host_buffer
+from .sampling import SampledToken
 from .scoring import PromptScorer, ScoredToken
+from .sequence import SequenceState
 
 log = logging.getLogger(__name__)
 
